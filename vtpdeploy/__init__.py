@@ -1,0 +1,40 @@
+"""vtpdeploy: VTP pruning of timm Vision Transformers, compiled into real, smaller models."""
+
+from .compact import compact
+from .counting import count
+from .errors import (
+    CheckpointError,
+    DataError,
+    NumericalMismatchError,
+    PlanError,
+    RecipeError,
+    UnsupportedModelError,
+    VtpError,
+)
+from .gates import GATE_KINDS, add_gates, iter_gates, l1_penalty
+from .plan import PrunePlan, WidthConstraints, apply_mask, plan
+from .saving import load, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GATE_KINDS",
+    "CheckpointError",
+    "DataError",
+    "NumericalMismatchError",
+    "PlanError",
+    "PrunePlan",
+    "RecipeError",
+    "UnsupportedModelError",
+    "VtpError",
+    "WidthConstraints",
+    "add_gates",
+    "apply_mask",
+    "compact",
+    "count",
+    "iter_gates",
+    "l1_penalty",
+    "load",
+    "plan",
+    "save",
+]

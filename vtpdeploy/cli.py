@@ -1,0 +1,85 @@
+"""The `vtpdeploy` command line. Commands only parse arguments and call stage modules.
+
+Each command lives in `vtpdeploy/commands/<name>.py` and exposes `register(app)`; heavy backends
+are imported inside the command functions, so `vtpdeploy --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate")
+
+app = typer.Typer(
+    name="vtpdeploy",
+    help="Prune timm Vision Transformers with VTP and compile them into real, smaller, validated models.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Global options."""
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vtpdeploy.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"vtpdeploy.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def error_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: known errors print one line and exit 2; `--debug` re-raises them."""
+    import click
+
+    from .errors import VtpError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=args, prog_name="vtpdeploy", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {error_line(exc.format_message())}", err=True)
+        sys.exit(2)
+    except VtpError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {error_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: internal error: {type(exc).__name__}: {error_line(exc)} (rerun with --debug)", err=True)
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
