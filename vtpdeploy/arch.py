@@ -96,6 +96,9 @@ def describe(model: nn.Module) -> ArchSpec:
             f"{type(model).__name__}: no timm architecture name; create it with timm.create_model"
         )
     data_config = resolve_data_config(model=model)
+    img = model.patch_embed.img_size
+    if img is not None:  # pretrained_cfg keeps the name's default size even when img_size is overridden
+        data_config["input_size"] = (model.patch_embed.proj.in_channels, int(img[0]), int(img[1]))
     return ArchSpec(
         name=name,
         kwargs=infer_kwargs(model),

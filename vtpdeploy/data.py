@@ -1,0 +1,151 @@
+"""Datasets for the pipeline: scikit-learn digits, an imagefolder, or synthetic tensors.
+
+Images go through timm's transforms (`timm.data.create_transform`) resolved from the model's data
+config, so training, validation and calibration all see the model's own preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import DataError
+from .recipe import DataSection
+
+Split = Literal["train", "val"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def data_config_for(model_data_config: dict[str, Any], section: DataSection) -> dict[str, Any]:
+    """The model's timm data config with the recipe's preprocessing overrides applied."""
+    cfg = dict(model_data_config)
+    for key in ("interpolation", "crop_pct", "mean", "std"):
+        value = getattr(section, key)
+        if value is not None:
+            cfg[key] = list(value) if isinstance(value, tuple) else value
+    cfg["input_size"] = tuple(cfg["input_size"])
+    for key in ("mean", "std"):
+        cfg[key] = tuple(cfg[key])
+    return cfg
+
+
+def make_transform(data_config: dict[str, Any], train: bool = False, augment: bool = True):
+    from timm.data import create_transform
+
+    cfg = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct") if k in data_config}
+    if train and augment:
+        return create_transform(**cfg, is_training=True, scale=(0.6, 1.0), ratio=(0.9, 1.1), hflip=0.0,
+                                color_jitter=None, auto_augment=None)
+    return create_transform(**cfg, is_training=False)
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled 8x8 digits (1797 images) as RGB PIL images, with a fixed seeded split."""
+
+    def __init__(self, split: Split, transform=None, val_fraction: float = 0.25, seed: int = 0):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        idx = np.arange(len(digits.target))
+        train_idx, val_idx = train_test_split(
+            idx, test_size=val_fraction, random_state=seed, stratify=digits.target
+        )
+        self.indices = np.sort(train_idx if split == "train" else val_idx)
+        self.images = (digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+        self.targets = digits.target.astype(np.int64)
+        self.transform = transform
+        self.classes = [str(c) for c in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[self.indices[i]], mode="L").convert("RGB")
+
+    def __getitem__(self, i: int):
+        img = self.image(i)
+        return (self.transform(img) if self.transform else img), int(self.targets[self.indices[i]])
+
+
+class SyntheticDataset(Dataset):
+    """Seeded random tensors and labels: for latency-only runs, never for accuracy."""
+
+    def __init__(self, size: int, input_size: tuple[int, int, int], num_classes: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn((size, *input_size), generator=g)
+        self.y = torch.randint(0, max(1, num_classes), (size,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+def check_imagefolder(path: Path | None, split: Split) -> Path:
+    """The split folder, or a DataError naming what is missing or empty."""
+    if path is None:
+        raise DataError("data.path: required for kind 'imagefolder'")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} does not exist or is not a folder")
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"data.path: {root} has no {split}/ folder (expected {split}/<class>/<image>)")
+    classes = [d for d in folder.iterdir() if d.is_dir()]
+    if not classes:
+        raise DataError(f"data.path: {folder} has no class folders")
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES for d in classes for f in d.rglob("*") if f.is_file()):
+        raise DataError(f"data.path: {folder} holds no images")
+    return folder
+
+
+def build_dataset(section: DataSection, split: Split, transform=None, *, num_classes: int = 10,
+                  input_size: tuple[int, int, int] = (3, 224, 224)) -> Dataset:
+    """The `split` of the recipe's data section, with `transform` applied to every image."""
+    if section.kind == "digits":
+        return DigitsDataset(split, transform, section.val_fraction, section.split_seed)
+    if section.kind == "synthetic":
+        seed = section.split_seed + (0 if split == "train" else 1)
+        return SyntheticDataset(section.synthetic_size, tuple(input_size), num_classes, seed)
+    folder = check_imagefolder(section.path, split)
+    from timm.data import create_dataset
+
+    return create_dataset("", root=str(folder), split=split, transform=transform)
+
+
+def validate_data(section: DataSection) -> None:
+    """Cheap checks before any expensive work."""
+    if section.kind == "imagefolder":
+        check_imagefolder(section.path, "train")
+        check_imagefolder(section.path, "val")
+
+
+def num_classes_of(section: DataSection) -> int | None:
+    if section.kind == "digits":
+        return 10
+    if section.kind == "imagefolder":
+        return len([d for d in check_imagefolder(section.path, "train").iterdir() if d.is_dir()])
+    return None
+
+
+def make_loader(dataset: Dataset, section: DataSection, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                sampler=None, batch_size: int | None = None) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or section.batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=section.workers,
+        pin_memory=section.pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )

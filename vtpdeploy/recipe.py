@@ -1,0 +1,188 @@
+"""Recipes: typed, validated pipeline configuration. The defaults are the embedded quickstart."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = "vit_tiny_patch16_224"
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4,
+            "mlp_ratio": 4.0, "num_classes": 10,
+        }
+    )
+    checkpoint: Path | None = Field(None, description="local safetensors or torch state dict (weights_only)")
+    pretrained: bool = Field(False, description="download timm weights (needs internet)")
+
+
+class DataSection(Section):
+    kind: Literal["digits", "imagefolder", "synthetic"] = "digits"
+    path: Path | None = Field(None, description="imagefolder root holding train/ and val/")
+    batch_size: int = Field(64, gt=0)
+    val_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
+    split_seed: int = 0
+    workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    synthetic_size: int = Field(256, gt=0, description="synthetic: images per split")
+    interpolation: str | None = "bilinear"
+    crop_pct: float | None = Field(1.0, gt=0, le=1)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    augment: bool = Field(True, description="random-resized-crop style training augmentation")
+
+
+class OptimSection(Section):
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    checkpoint_every: int = Field(1, gt=0, description="epochs between resume checkpoints")
+
+
+class TrainSection(OptimSection):
+    """Pretraining from scratch, used only when the model has no checkpoint and no pretrained weights."""
+
+    epochs: int = Field(40, ge=0)
+    lr: float = Field(2e-3, gt=0)
+
+
+class SparsifySection(OptimSection):
+    enabled: bool = Field(True, description="false: prune without sparse training (the prune-only baseline)")
+    lam: float = Field(1e-4, ge=0, description="L1 weight λ on the gate scores")
+    gate_lr: float | None = Field(None, gt=0, description="lr for gates (default: lr)")
+    epochs: int = Field(15, ge=0)
+    lr: float = Field(2e-4, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class PruneSection(Section):
+    rate: float = Field(0.4, description="share of gated dims to remove, in (0, 1)")
+    scope: Literal["global", "per_kind", "per_layer"] = "global"
+    importance: Literal["gate", "weight_l1"] = "gate"
+    atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_in_range(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"rate must be in (0, 1), got {v}")
+        return v
+
+
+class FinetuneSection(OptimSection):
+    epochs: int = Field(15, ge=0)
+    lr: float = Field(5e-4, gt=0)
+
+
+class OutputSection(Section):
+    dir: Path = Path("runs/quickstart")
+
+
+class Recipe(Section):
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sparsify: SparsifySection = Field(default_factory=SparsifySection)
+    prune: PruneSection = Field(default_factory=PruneSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{loc}'"
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"--set {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text!r}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe not found") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (None: the embedded quickstart), apply `--set` overrides, validate."""
+    origin = str(path) if path is not None else "quickstart"
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, origin)) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def section_json(recipe: Recipe, name: str) -> str:
+    import json
+
+    return json.dumps(getattr(recipe, name).model_dump(mode="json"), sort_keys=True)
