@@ -34,14 +34,26 @@ def data_config_for(model_data_config: dict[str, Any], section: DataSection) -> 
     return cfg
 
 
-def make_transform(data_config: dict[str, Any], train: bool = False, augment: bool = True):
+def make_transform(data_config: dict[str, Any], train: bool = False, section: DataSection | None = None):
+    """timm's eval transform, or its training transform with the recipe's augmentation switches."""
     from timm.data import create_transform
 
     cfg = {k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct") if k in data_config}
-    if train and augment:
-        return create_transform(**cfg, is_training=True, scale=(0.6, 1.0), ratio=(0.9, 1.1), hflip=0.0,
-                                color_jitter=None, auto_augment=None)
+    if train and section is not None and section.augment:
+        return create_transform(**cfg, is_training=True, scale=tuple(section.scale), ratio=(0.9, 1.1),
+                                hflip=section.hflip, color_jitter=None, auto_augment=section.auto_augment,
+                                re_prob=section.reprob)
     return create_transform(**cfg, is_training=False)
+
+
+def make_mixup(section: DataSection, num_classes: int, label_smoothing: float = 0.0):
+    """timm Mixup/CutMix when the recipe enables either, else None."""
+    if section.mixup <= 0 and section.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=section.mixup, cutmix_alpha=section.cutmix, label_smoothing=label_smoothing,
+                 num_classes=num_classes)
 
 
 class DigitsDataset(Dataset):

@@ -42,6 +42,12 @@ class DataSection(Section):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     augment: bool = Field(True, description="random-resized-crop style training augmentation")
+    scale: tuple[float, float] = Field((0.6, 1.0), description="random-resized-crop area range")
+    hflip: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (0 for digits)")
+    auto_augment: str | None = Field(None, description="timm policy, e.g. DeiT's 'rand-m9-mstd0.5-inc1'")
+    reprob: float = Field(0.0, ge=0, le=1, description="random erasing probability (DeiT: 0.25)")
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (DeiT: 0.8); 0 disables")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (DeiT: 1.0); 0 disables")
 
 
 class OptimSection(Section):

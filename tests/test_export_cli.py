@@ -1,0 +1,144 @@
+"""`vtpdeploy export` / `vtpdeploy calib` through the real CLI: exit codes, one-line errors, outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+
+import vtpdeploy
+
+torch.set_num_threads(1)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vtpdeploy", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(proc, code=2, match=None):
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    if match:
+        assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from vtpdeploy.recipe import Recipe
+
+    run = tmp_path_factory.mktemp("clirun") / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, embed_dim=64,
+                          depth=2, num_heads=4, num_classes=10).eval()
+    vtpdeploy.add_gates(m)
+    for r in vtpdeploy.iter_gates(m):
+        r.module.gate.data.uniform_(0.2, 2)
+    vtpdeploy.save(vtpdeploy.compact(m, vtpdeploy.plan(m, 0.4)).eval(), run / "model")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(Recipe().model_dump(mode="json")))
+    (run / "manifest.json").write_text("{}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def calib_dir(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clicalib") / "calib"
+    proc = cli("calib", run_dir, "--out", out, "--n", 32, "--seed", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "calib.npy").is_file() and json.loads((out / "manifest.json").read_text())["n"] == 32
+    return out
+
+
+def test_export_full_run_dir(run_dir, calib_dir):
+    proc = cli("export", run_dir, "--int8", "--calib", calib_dir, "--fp16", "--check", "trt", "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    out = run_dir / "export"  # default: <run dir>/export
+    assert {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "export.json", "trt_report.json"} <= {
+        p.name for p in out.iterdir()}
+    rep = json.loads((out / "export.json").read_text())
+    assert rep["inputs"]["kind"] == "real" and "digits val" in rep["inputs"]["from"]
+    fp32 = [v for v in rep["validations"] if v["stage"].startswith("fp32")]
+    assert fp32 and all(v["max_abs_diff"] <= 1e-4 for v in fp32)
+    held = rep["int8"]["heldout"]
+    assert held["n"] == 450 and held["from"] == "digits val split"  # never the calibration images
+    assert rep["int8"]["calibration"]["n"] == 32
+    assert not any(p.name.endswith(".tmp") or p.name.endswith(".pending") for p in out.iterdir())
+
+
+def test_strict_readiness_exits_1(run_dir, tmp_path):
+    # the compact tiny model has widths that are not multiples of 8 -> warnings -> exit 1 with --strict
+    proc = cli("export", run_dir, "--out", tmp_path / "o", "--check", "trt", "--strict", "--no-simplify",
+               "--threads", 1)
+    assert_one_line_error(proc, code=1, match="readiness")
+    assert (tmp_path / "o" / "trt_report.json").is_file() and (tmp_path / "o" / "export.json").is_file()
+
+
+def test_missing_and_corrupt_source(tmp_path):
+    assert_one_line_error(cli("export", tmp_path / "nope", "--out", tmp_path / "o"), match="no such")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{}")
+    (bad / "model.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    assert_one_line_error(cli("export", bad, "--out", tmp_path / "o"))
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_int8_without_calib(run_dir, tmp_path):
+    assert_one_line_error(cli("export", run_dir, "--int8", "--out", tmp_path / "o"), match="--calib")
+
+
+def test_empty_and_misfit_calibration(run_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("export", run_dir, "--int8", "--calib", tmp_path / "empty", "--out", tmp_path / "o"),
+                          match="calib.npy")
+    (tmp_path / "wrong").mkdir()
+    np.save(tmp_path / "wrong" / "calib.npy", np.zeros((4, 3, 224, 224), np.float32))
+    assert_one_line_error(cli("export", run_dir, "--int8", "--calib", tmp_path / "wrong", "--out", tmp_path / "o"),
+                          match="model expects")
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_unwritable_output_dir(run_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a path below a regular file can never be created (even as root)
+    assert_one_line_error(cli("export", run_dir, "--out", blocker / "sub"), match="cannot write")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_trt_without_tensorrt(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    if shutil.which("trtexec"):
+        pytest.skip("trtexec is on PATH")
+    assert_one_line_error(cli("export", run_dir, "--trt", "--out", tmp_path / "o"), match="vtpdeploy[trt]")
+    assert not (tmp_path / "o").exists()
+
+
+def test_calib_bad_inputs(tmp_path, run_dir):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("calib", tmp_path / "empty", "--out", tmp_path / "c", "--input-size", "3,32,32"),
+                          match="no images")
+    assert_one_line_error(cli("calib", tmp_path / "missing", "--out", tmp_path / "c"))
+    assert_one_line_error(cli("calib", run_dir, "--out", tmp_path / "c", "--split", "val"), match="train")
+
+
+@pytest.mark.trt
+def test_trt_engine_build(run_dir, tmp_path):
+    pytest.importorskip("tensorrt", reason="needs the tensorrt Python package (pip install 'vtpdeploy[trt]')")
+    proc = cli("export", run_dir, "--fp16", "--trt", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "o" / "engine.json").read_text())
+    assert info["precision"] == "fp16" and (tmp_path / "o" / "model.engine").stat().st_size > 0

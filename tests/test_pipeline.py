@@ -1,0 +1,126 @@
+"""End-to-end pipeline on digits with tiny epochs: artifacts, report, skip/re-run, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import vtpdeploy
+from vtpdeploy.data import DigitsDataset, make_transform
+from vtpdeploy.plan import PrunePlan
+from vtpdeploy.saving import read_spec
+
+from pipeline_helpers import run_cli, write_recipe
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    recipe = write_recipe(root / "tiny.yaml")
+    proc = run_cli("pipeline", recipe, "--out", root / "run")
+    assert proc.returncode == 0, proc.stderr
+    return root, recipe, root / "run", proc
+
+
+def test_run_dir_has_every_artifact(finished_run):
+    _, _, run, proc = finished_run
+    for name in ("recipe.yaml", "manifest.json", "plan.json", "model.safetensors", "model.json",
+                 "unpruned.safetensors", "unpruned.json", "report.json"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["world_size"] == 1
+    assert "torch" in manifest["packages"]
+    for stage in ("train", "sparsify", "prune", "finetune", "compact"):
+        entry = manifest["stages"][stage]
+        assert entry["status"] == "done"
+        assert entry["duration_s"] >= 0 and entry["started"] <= entry["ended"]
+        for art in entry["artifacts"].values():
+            assert len(art["sha256"]) == 64 and (run / art["path"]).is_file()
+    assert "val top-1" in proc.stdout
+
+
+def test_report_contents(finished_run):
+    _, _, run, _ = finished_run
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["accuracy"]) >= {"unpruned", "pruned", "finetuned"}
+    assert report["params"]["compact"] < report["params"]["unpruned"]
+    assert report["macs"]["compact"] < report["macs"]["unpruned"]
+    assert abs(report["plan"]["realised_rate"] - 0.4) < 0.02
+    assert len(report["plan"]["blocks"]) == 2
+    assert len(report["curves"]["sparsify"]["loss"]) == 2 and len(report["curves"]["finetune"]["loss"]) == 2
+    assert report["compaction"]["max_abs_diff"] <= 1e-4
+
+
+def test_saved_model_is_compact_and_matches_recorded_accuracy(finished_run):
+    _, _, run, _ = finished_run
+    model = vtpdeploy.load(run / "model")
+    plan = PrunePlan.load(run / "plan.json")
+    assert not list(vtpdeploy.iter_gates(model))
+    for b, block in enumerate(model.blocks):
+        assert block.mlp.fc1.out_features == len(plan.gate(b, "mlp_hidden").kept)
+        assert block.attn.proj.in_features == len(plan.gate(b, "attn_v").kept)
+    spec = read_spec(run / "model")
+    ds = DigitsDataset("val", make_transform(spec.data_config))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        acc = 100.0 * float((model(x).argmax(-1) == y).float().mean())
+    report = json.loads((run / "report.json").read_text())
+    assert acc == pytest.approx(report["accuracy"]["finetuned"], abs=0.01)
+
+
+def test_rerun_skips_and_changed_section_reruns_downstream(finished_run, tmp_path):
+    root, recipe, run, _ = finished_run
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    proc = run_cli("pipeline", recipe, "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(after[s]["ended"] == before[s]["ended"] for s in before), "unchanged stages must be skipped"
+    assert proc.stderr.count("up to date, skipped") == 5
+
+    proc = run_cli("pipeline", recipe, "--out", run, "--set", "finetune.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((run / "manifest.json").read_text())["stages"]
+    for s in ("train", "sparsify", "prune"):
+        assert again[s]["ended"] == before[s]["ended"], s
+    for s in ("finetune", "compact"):
+        assert again[s]["key"] != before[s]["key"], s
+    assert len(json.loads((run / "report.json").read_text())["curves"]["finetune"]["loss"]) == 1
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["finetune"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {"sparsify.epochs": 40, "train.epochs": 1, "finetune.epochs": 1})
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "vtpdeploy", "pipeline", str(recipe), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt = run / "ckpt" / "sparsify.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "pipeline finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["sparsify"]["status"] == "running"
+    assert manifest["stages"]["train"]["status"] == "done"
+
+    done = run_cli("pipeline", recipe, "--out", run)
+    assert done.returncode == 0, done.stderr
+    assert "sparsify: resuming from epoch checkpoint" in done.stderr
+    assert "train: up to date, skipped" in done.stderr
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["curves"]["sparsify"]["loss"]) == 40
+    assert not ckpt.exists()

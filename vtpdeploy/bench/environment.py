@@ -1,0 +1,124 @@
+"""The machine a benchmark ran on. Fields that do not apply are None."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("vtpdeploy", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def _gpu() -> dict | None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        info = {"name": props.name, "memory_mb": round(props.total_memory / 2**20), "capability": f"{props.major}.{props.minor}",
+                "cuda": torch.version.cuda, "sm_clock_mhz": None, "mem_clock_mhz": None, "max_sm_clock_mhz": None, "driver": None}
+    except Exception:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+        info["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)
+        info["max_sm_clock_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
+        drv = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = drv.decode() if isinstance(drv, bytes) else drv
+    except Exception:
+        out = _run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,clocks.max.sm,driver_version", "--format=csv,noheader,nounits"])
+        if out:
+            parts = [p.strip() for p in out.splitlines()[0].split(",")]
+            if len(parts) == 4:
+                info.update(sm_clock_mhz=_num(parts[0]), mem_clock_mhz=_num(parts[1]), max_sm_clock_mhz=_num(parts[2]), driver=parts[3])
+    return info
+
+
+def _jetson() -> dict | None:
+    model = None
+    for p in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        try:
+            model = Path(p).read_text().strip("\x00\n ")
+            break
+        except OSError:
+            continue
+    release = None
+    try:
+        release = Path("/etc/nv_tegra_release").read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        pass
+    if not (model and "jetson" in model.lower()) and release is None:
+        return None
+    nvp = _run(["nvpmodel", "-q"])
+    mode = None
+    if nvp:
+        m = re.search(r"NV Power Mode:\s*(.+)", nvp)
+        mode = m.group(1).strip() if m else nvp.strip().splitlines()[0]
+    clocks = _run(["jetson_clocks", "--show"])
+    locked = None
+    if clocks:  # jetson_clocks pins MinFreq to MaxFreq for every CPU/GPU/EMC
+        pairs = re.findall(r"MinFreq=(\d+)\s+MaxFreq=(\d+)", clocks)
+        locked = bool(pairs) and all(a == b for a, b in pairs)
+    return {"model": model, "l4t": release, "nvpmodel": mode, "jetson_clocks": locked}
+
+
+def _num(s: str):
+    try:
+        return int(float(s))
+    except ValueError:
+        return None
+
+
+def collect(threads: int | None = None) -> dict:
+    """CPU, packages, GPU, TensorRT and Jetson details for the report's `environment`."""
+    trt = _version("tensorrt")
+    return {
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "packages": {p: _version(p) for p in PACKAGES},
+        "gpu": _gpu(),
+        "tensorrt": trt,
+        "jetson": _jetson(),
+    }

@@ -1,0 +1,23 @@
+"""`vtpdeploy inspect PATH`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def inspect(path: Path = typer.Argument(..., help="Run dir or saved model (dir/model).")) -> None:
+    """Per-block table of kept dims at each gate, params and MACs."""
+    from rich.console import Console
+
+    from ..inspection import block_table, render_table
+    from ..sources import load_source
+
+    source = load_source(path)
+    rows, totals = block_table(source.model, source.input_size[1:])
+    Console().print(render_table(rows, totals, title=source.label))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

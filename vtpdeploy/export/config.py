@@ -1,0 +1,29 @@
+"""The `export` section of a recipe, shared by `vtpdeploy export` and the pipeline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    enabled: bool = Field(False, description="pipeline: export the compact model after fine-tuning")
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset (TensorRT 8.5/8.6 need <= 17)")
+    batch: int = Field(1, ge=1, description="fixed batch size of the exported model")
+    dynamic_batch: bool = Field(False, description="symbolic batch dim instead of `batch`")
+    simplify: bool = Field(True, description="onnxslim the graph (kept only if it validates)")
+    fp16: bool = Field(False, description="also write model.fp16.onnx")
+    int8: bool = Field(False, description="also write model.int8.onnx (QDQ, needs a calibration set)")
+    calib_n: int = Field(500, ge=1, description="calibration images drawn from the train split")
+    calib_seed: int = 0
+    calib_method: Literal["MinMax", "Percentile", "Entropy"] = Field(
+        "Percentile", description="activation range estimator for INT8"
+    )
+    check_trt: bool = Field(False, description="write trt_report.json (TensorRT readiness)")
+    trt: bool = Field(False, description="build a TensorRT engine (needs TensorRT)")
+    strict: bool = Field(False, description="readiness warnings fail the export (exit 1)")
+    atol: float = Field(1e-4, gt=0, description="fp32 ONNX vs PyTorch max |diff| on logits")
+    val_n: int = Field(64, ge=1, description="real inputs used for parity checks")
