@@ -161,3 +161,20 @@ def make_loader(dataset: Dataset, section: DataSection, shuffle: bool, seed: int
         generator=generator,
         persistent_workers=False,
     )
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (also used with one process, so 1- and N-process runs see the same global
+    order) that can start mid-epoch after `skip` samples of this rank's share."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, epoch: int, skip: int = 0,
+                 shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,7 +16,9 @@ from torch import nn
 from .arch import create_timm
 from .compact import compact_validated
 from .counting import count
-from .data import build_dataset, data_config_for, make_loader, make_transform, num_classes_of, validate_data
+from .data import (ResumableSampler, build_dataset, data_config_for, make_loader, make_transform, num_classes_of,
+                   validate_data)
+from .distributed import DistInfo, barrier, broadcast, init_distributed, shutdown
 from .errors import CheckpointError, RecipeError, UnsupportedModelError, VtpError
 from .fileio import atomic_write_json, atomic_write_text, sha256_file, sha256_text
 from .gates import add_gates, check_supported, iter_gates, set_gates_trainable
@@ -24,9 +26,9 @@ from .plan import PrunePlan, apply_mask, plan
 from .recipe import Recipe, dump_recipe, section_json
 from .rundir import RunDir
 from .saving import load, load_weights, read_state_dict, save
-from .training import evaluate, fit
+from .training import LoopSetup, evaluate, fit
 
-STAGES = ("train", "sparsify", "prune", "finetune", "compact")
+STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
 
 
 @dataclass
@@ -36,17 +38,47 @@ class Context:
     console: Console
     data_config: dict
     progress: object | None = None
+    dist: DistInfo = field(default_factory=DistInfo)
 
     @property
     def path(self) -> Path:
         return self.run.path
 
-    def loader(self, split: str, epoch: int = 0):
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def micro_batch(self) -> tuple[int, int]:
+        """(per-rank micro-batch, accumulation steps) for the recipe's global batch."""
+        return micro_batching(self.recipe, self.dist.world_size)
+
+    def loader(self, split: str, epoch: int = 0, skip_batches: int = 0):
         cfg = self.recipe.data
         train = split == "train"
         ds = build_dataset(cfg, split, make_transform(self.data_config, train=train, section=cfg),
                            num_classes=self.num_classes, input_size=tuple(self.data_config["input_size"]))
-        return make_loader(ds, cfg, shuffle=train, seed=self.recipe.seed * 1000 + epoch, drop_last=False)
+        if not train:
+            return make_loader(ds, cfg, shuffle=False)
+        micro, _ = self.micro_batch()
+        sampler = ResumableSampler(ds, self.dist.world_size, self.dist.rank, seed=self.recipe.seed, epoch=epoch,
+                                   skip=skip_batches * micro)
+        return make_loader(ds, cfg, shuffle=False, sampler=sampler, batch_size=micro)
+
+    def setup(self, section, teacher: nn.Module | None = None) -> LoopSetup:
+        distill = getattr(section, "distill", "none")
+        return LoopSetup(dist=self.dist, accum_steps=self.micro_batch()[1], amp=self.recipe.amp,
+                         clip_grad=section.clip_grad, checkpoint_every_steps=section.checkpoint_every_steps,
+                         teacher=teacher if distill != "none" else None, distill=distill,
+                         distill_alpha=getattr(section, "distill_alpha", 0.5),
+                         distill_tau=getattr(section, "distill_tau", 1.0))
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        if self.is_main:
+            save(model, path)
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            self.console.log(msg)
 
     @property
     def num_classes(self) -> int:
@@ -58,7 +90,7 @@ class Context:
         return make_mixup(self.recipe.data, self.num_classes, label_smoothing)
 
     def evaluate(self, model: nn.Module) -> float:
-        return round(evaluate(model, self.loader("val"), self.recipe.device), 3)
+        return round(evaluate(model, self.loader("val"), self.dist.device), 3)
 
 
 # -- model creation and validation (cheap, before any writes) ------------------------------------
@@ -80,9 +112,20 @@ def _model_data_config(model: nn.Module) -> dict:
     return describe(model).data_config
 
 
-def validate_inputs(recipe: Recipe) -> nn.Module:
+def micro_batching(recipe: Recipe, world_size: int) -> tuple[int, int]:
+    """Split the global batch into per-rank micro-batches and accumulation steps (exactly)."""
+    global_bs = recipe.data.batch_size
+    micro = recipe.data.micro_batch_size or global_bs // world_size
+    if micro < 1 or global_bs % (micro * world_size):
+        raise RecipeError(f"data.batch_size {global_bs} is not a multiple of micro_batch_size {micro} x "
+                          f"world size {world_size}")
+    return micro, global_bs // (micro * world_size)
+
+
+def validate_inputs(recipe: Recipe, world_size: int = 1) -> nn.Module:
     """Everything that can be checked before expensive work; returns the created model."""
     validate_data(recipe.data)
+    micro_batching(recipe, world_size)
     if recipe.model.checkpoint is not None and not Path(recipe.model.checkpoint).is_file():
         raise CheckpointError(f"model.checkpoint: {recipe.model.checkpoint} not found")
     model = create_model(recipe)
@@ -104,35 +147,39 @@ def _base_key(recipe: Recipe) -> str:
 
 
 # -- stages ---------------------------------------------------------------------------------------
+def _fit(ctx: Context, model: nn.Module, section, key: str, name: str, seed_offset: int, **kw):
+    r = ctx.recipe
+    return fit(model, lambda e, skip: ctx.loader("train", e, skip), section, seed=r.seed + seed_offset,
+               stage_key=key, checkpoint_path=ctx.path / "ckpt" / f"{name}.pt", device=ctx.dist.device,
+               progress=ctx.progress, description=name, log=ctx.log, mixup=ctx.mixup(section.label_smoothing),
+               **kw)
+
+
 def _stage_train(ctx: Context, model: nn.Module, key: str) -> dict:
     r = ctx.recipe
     history = None
+    model = model.to(ctx.dist.device)
     if r.model.checkpoint is None and not r.model.pretrained and r.train.epochs > 0:
-        history = fit(model, lambda e: ctx.loader("train", e), r.train, seed=r.seed, stage_key=key,
-                      checkpoint_path=ctx.path / "ckpt" / "train.pt", device=r.device,
-                      progress=ctx.progress, description="train", log=ctx.console.log, mixup=ctx.mixup(r.train.label_smoothing))
-    save(model, ctx.path / "unpruned")
+        history = _fit(ctx, model, r.train, key, "train", 0, setup=ctx.setup(r.train))
+    ctx.save(model, ctx.path / "unpruned")
     acc = ctx.evaluate(model)
-    ctx.console.log(f"train: val top-1 {acc:.2f} %")
+    ctx.log(f"train: val top-1 {acc:.2f} %")
     return {"accuracy": acc, "curve": history.as_dict() if history else None,
             "source": "checkpoint" if r.model.checkpoint else ("pretrained" if r.model.pretrained else "trained")}
 
 
 def _stage_sparsify(ctx: Context, key: str) -> dict:
     r = ctx.recipe
-    model = load(ctx.path / "unpruned", r.device).train()
+    model = load(ctx.path / "unpruned", ctx.dist.device).train()
     add_gates(model)
     history = None
     if r.sparsify.enabled and r.sparsify.epochs > 0:
-        history = fit(model, lambda e: ctx.loader("train", e), r.sparsify, seed=r.seed + 1, stage_key=key,
-                      checkpoint_path=ctx.path / "ckpt" / "sparsify.pt", l1_lambda=r.sparsify.lam,
-                      train_gates=True, gate_lr=r.sparsify.gate_lr, device=r.device,
-                      progress=ctx.progress, description="sparsify", log=ctx.console.log,
-                      mixup=ctx.mixup(r.sparsify.label_smoothing))
-    save(model, ctx.path / "stages" / "sparse")
-    gates = torch.cat([g.module.gate.detach().abs().flatten() for g in iter_gates(model)])
+        history = _fit(ctx, model, r.sparsify, key, "sparsify", 1, l1_lambda=r.sparsify.lam, train_gates=True,
+                       gate_lr=r.sparsify.gate_lr, setup=ctx.setup(r.sparsify))
+    ctx.save(model, ctx.path / "stages" / "sparse")
+    gates = torch.cat([g.module.gate.detach().abs().flatten().cpu() for g in iter_gates(model)])
     acc = ctx.evaluate(model)
-    ctx.console.log(f"sparsify: val top-1 {acc:.2f} %, mean |gate| {float(gates.mean()):.3f}")
+    ctx.log(f"sparsify: val top-1 {acc:.2f} %, mean |gate| {float(gates.mean()):.3f}")
     return {"accuracy": acc, "enabled": r.sparsify.enabled, "curve": history.as_dict() if history else None,
             "gate_abs": {"mean": float(gates.mean()), "min": float(gates.min()), "max": float(gates.max()),
                          "below_0.1": float((gates < 0.1).float().mean())}}
@@ -140,50 +187,76 @@ def _stage_sparsify(ctx: Context, key: str) -> dict:
 
 def _stage_prune(ctx: Context, key: str) -> dict:
     r = ctx.recipe
-    model = load(ctx.path / "stages" / "sparse", r.device)
-    p = plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance)
-    p.save(ctx.path / "plan.json")
+    model = load(ctx.path / "stages" / "sparse", ctx.dist.device)
+    p = make_plan(model, r)
+    if ctx.is_main:
+        p.save(ctx.path / "plan.json")
     acc = ctx.evaluate(apply_mask(model, p))
-    ctx.console.log(f"prune: realised rate {p.realised_rate:.3f}, hard-mask val top-1 {acc:.2f} %")
+    ctx.log(f"prune: realised rate {p.realised_rate:.3f}, hard-mask val top-1 {acc:.2f} %")
     return {"accuracy": acc, "realised_rate": p.realised_rate, "thresholds": p.thresholds}
+
+
+def make_plan(model: nn.Module, r: Recipe) -> PrunePlan:
+    return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance)
 
 
 def _stage_finetune(ctx: Context, key: str) -> dict:
     r = ctx.recipe
-    model = load(ctx.path / "stages" / "sparse", r.device).train()
+    model = load(ctx.path / "stages" / "sparse", ctx.dist.device).train()
     p = PrunePlan.load(ctx.path / "plan.json")
     apply_mask(model, p)
     set_gates_trainable(model, False)  # pruned gates stay exactly 0; kept ones fold into weights later
     history = None
     if r.finetune.epochs > 0:
-        history = fit(model, lambda e: ctx.loader("train", e), r.finetune, seed=r.seed + 2, stage_key=key,
-                      checkpoint_path=ctx.path / "ckpt" / "finetune.pt", device=r.device,
-                      progress=ctx.progress, description="finetune", log=ctx.console.log,
-                      mixup=ctx.mixup(r.finetune.label_smoothing))
-    save(model, ctx.path / "stages" / "finetuned")
+        teacher = load(ctx.path / "unpruned", ctx.dist.device) if r.finetune.distill != "none" else None
+        if r.finetune.distill == "hard" and hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(True)
+        history = _fit(ctx, model, r.finetune, key, "finetune", 2, setup=ctx.setup(r.finetune, teacher))
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(False)
+    ctx.save(model, ctx.path / "stages" / "finetuned")
     acc = ctx.evaluate(model)
-    ctx.console.log(f"finetune: val top-1 {acc:.2f} %")
-    return {"accuracy": acc, "curve": history.as_dict() if history else None}
+    ctx.log(f"finetune: val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "curve": history.as_dict() if history else None, "distill": r.finetune.distill}
 
 
 def _stage_compact(ctx: Context, key: str) -> dict:
     r = ctx.recipe
-    gated = load(ctx.path / "stages" / "finetuned", r.device)
+    gated = load(ctx.path / "stages" / "finetuned", ctx.dist.device)
     p = PrunePlan.load(ctx.path / "plan.json")
-    sample = next(iter(ctx.loader("val")))[0][:16].to(r.device)
+    sample = next(iter(ctx.loader("val")))[0][:16].to(ctx.dist.device)
     small, diff = compact_validated(gated, p, sample, atol=r.prune.atol)
-    save(small, ctx.path / "model")
+    ctx.save(small, ctx.path / "model")
     acc = ctx.evaluate(small)
-    unpruned = load(ctx.path / "unpruned", r.device)
+    unpruned = load(ctx.path / "unpruned", ctx.dist.device)
     img = tuple(ctx.data_config["input_size"][1:])
     counts = {"unpruned": count(unpruned, img), "compact": count(small, img)}
-    ctx.console.log(f"compact: max |Δlogit| vs hard mask {diff:.2e}, val top-1 {acc:.2f} %")
+    ctx.log(f"compact: max |Δlogit| vs hard mask {diff:.2e}, val top-1 {acc:.2f} %")
     return {"accuracy": acc, "max_abs_diff": diff, "atol": r.prune.atol, "counts": counts}
+
+
+def _stage_export(ctx: Context, key: str) -> tuple[dict, dict[str, Path]]:
+    """The `export` section: the same code as `vtpdeploy calib` + `vtpdeploy export` on this run dir."""
+    from .calib import calib_from_source
+    from .export import run_export
+    from .sources import load_source
+
+    cfg = ctx.recipe.export
+    calib_dir = None
+    if cfg.int8:
+        calib_dir = ctx.path / "calib"
+        calib_from_source(ctx.path, calib_dir, n=cfg.calib_n, seed=cfg.calib_seed)
+    result = run_export(load_source(ctx.path), ctx.path / "export", cfg, calib_dir, threads=ctx.recipe.threads,
+                        log=ctx.log)
+    artifacts = {p.stem.replace(".", "_"): p for p in sorted((ctx.path / "export").glob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
+    ctx.log(f"export: wrote {', '.join(sorted(p.name for p in artifacts.values()))}")
+    return {"export": result}, artifacts
 
 
 def _write_report(ctx: Context, wall_s: float) -> dict:
     stages = ctx.run.manifest["stages"]
-    m = {name: stages[name].get("metrics", {}) for name in STAGES}
+    m = {name: stages.get(name, {}).get("metrics", {}) for name in STAGES}
     p = PrunePlan.load(ctx.path / "plan.json")
     counts = m["compact"]["counts"]
     report = {
@@ -207,56 +280,83 @@ def _write_report(ctx: Context, wall_s: float) -> dict:
         "plan": p.summary(),
         "curves": {"train": m["train"].get("curve"), "sparsify": m["sparsify"].get("curve"),
                    "finetune": m["finetune"].get("curve")},
-        "stage_seconds": {n: stages[n].get("duration_s") for n in STAGES},
+        "stage_seconds": {n: stages[n].get("duration_s") for n in STAGES if n in stages},
         "wall_seconds": round(wall_s, 2),
     }
+    if ctx.recipe.export.enabled and m["export"]:
+        report["export"] = m["export"].get("export")
     atomic_write_json(ctx.path / "report.json", report)
     return report
 
 
-def _progress(console: Console):
+def _progress(console: Console, enabled: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, disable=not console.is_terminal, transient=False)
+                    console=console, disable=not (enabled and console.is_terminal), transient=False)
 
 
 def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | None = None) -> dict:
-    """Run every stage not already done with the same inputs; returns the report."""
+    """Run every stage not already done with the same inputs; returns the report.
+
+    Under torchrun every rank trains (DDP); only rank 0 writes to the run dir.
+    """
     console = console or Console(stderr=True)
     out = Path(out or recipe.output.dir)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    RunDir.check_usable(out)
-    model = validate_inputs(recipe)  # all cheap checks before touching the run dir
+    info = init_distributed(recipe.device)
+    try:
+        if info.is_main:
+            RunDir.check_usable(out)
+        model = validate_inputs(recipe, info.world_size)  # all cheap checks before touching the run dir
+        return _run_stages(recipe, out, console, info, model)
+    finally:
+        shutdown(info)
+
+
+def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module) -> dict:
     t_start = time.perf_counter()
-    with RunDir(out) as run:
+    run = RunDir(out, world_size=info.world_size)
+    with run.open() if info.is_main else contextlib.nullcontext():
+        barrier(info)
+        if not info.is_main:
+            run.manifest = json.loads(run.manifest_path.read_text())
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": out})})
-        atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
-        ctx = Context(recipe, run, console, _model_data_config(model))
-        with _progress(console) as progress:
+        if info.is_main:
+            atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+        ctx = Context(recipe, run, console, _model_data_config(model), dist=info)
+        with _progress(console, enabled=info.is_main) as progress:
             ctx.progress = progress
-            keys: dict[str, str] = {}
             upstream = _base_key(recipe)
             sections = {"train": "train", "sparsify": "sparsify", "prune": "prune", "finetune": "finetune",
-                        "compact": "prune"}
+                        "compact": "prune", "export": "export"}
             for i, name in enumerate(STAGES):
+                if name == "export" and not recipe.export.enabled:
+                    continue
                 prev = STAGES[i - 1] if i else None
                 art = json.dumps(run.artifact_hashes(prev), sort_keys=True) if prev else ""
-                keys[name] = _key(upstream, section_json(recipe, sections[name]), art, name)
-                upstream = keys[name]
-                if run.is_done(name, keys[name]):
-                    console.log(f"{name}: up to date, skipped")
+                key = _key(upstream, section_json(recipe, sections[name]), art, name)
+                upstream = key
+                if broadcast(info, run.is_done(name, key) if info.is_main else None):
+                    ctx.log(f"{name}: up to date, skipped")
                     continue
-                run.invalidate_from(list(STAGES[i:]))
+                t0 = 0.0
+                if info.is_main:
+                    run.invalidate_from(list(STAGES[i:]))
+                    t0 = run.start(name, key)
                 torch.manual_seed(recipe.seed)
-                t0 = run.start(name, keys[name])
-                metrics, artifacts = _run_stage(ctx, name, keys[name], model)
-                run.finish(name, keys[name], t0, artifacts, metrics)
-                ckpt = out / "ckpt" / f"{name}.pt"
-                with contextlib.suppress(FileNotFoundError):
-                    ckpt.unlink()
-        report = _write_report(ctx, time.perf_counter() - t_start)
+                metrics, artifacts = _run_stage(ctx, name, key, model)
+                barrier(info)
+                if info.is_main:
+                    run.finish(name, key, t0, artifacts, metrics)
+                    with contextlib.suppress(FileNotFoundError):
+                        (out / "ckpt" / f"{name}.pt").unlink()
+                barrier(info)
+                if not info.is_main:
+                    run.manifest = json.loads(run.manifest_path.read_text())
+        report = _write_report(ctx, time.perf_counter() - t_start) if info.is_main else {}
+        barrier(info)
     return report
 
 
@@ -271,4 +371,8 @@ def _run_stage(ctx: Context, name: str, key: str, model: nn.Module) -> tuple[dic
     if name == "finetune":
         return _stage_finetune(ctx, key), {"weights": p / "stages/finetuned.safetensors",
                                            "arch": p / "stages/finetuned.json"}
-    return _stage_compact(ctx, key), {"weights": p / "model.safetensors", "arch": p / "model.json"}
+    if name == "compact":
+        return _stage_compact(ctx, key), {"weights": p / "model.safetensors", "arch": p / "model.json"}
+    if not ctx.is_main:
+        return {}, {}
+    return _stage_export(ctx, key)

@@ -31,7 +31,8 @@ class ModelSection(Section):
 class DataSection(Section):
     kind: Literal["digits", "imagefolder", "synthetic"] = "digits"
     path: Path | None = Field(None, description="imagefolder root holding train/ and val/")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, description="global batch (all ranks, all accumulation steps)")
+    micro_batch_size: int | None = Field(None, gt=0, description="per-rank forward batch; default batch/world")
     val_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
     split_seed: int = 0
     workers: int = Field(0, ge=0)
@@ -57,6 +58,8 @@ class OptimSection(Section):
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     checkpoint_every: int = Field(1, gt=0, description="epochs between resume checkpoints")
+    checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: off)")
+    clip_grad: float | None = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
 
 
 class TrainSection(OptimSection):
@@ -68,9 +71,9 @@ class TrainSection(OptimSection):
 
 class SparsifySection(OptimSection):
     enabled: bool = Field(True, description="false: prune without sparse training (the prune-only baseline)")
-    lam: float = Field(1e-4, ge=0, description="L1 weight λ on the gate scores")
-    gate_lr: float | None = Field(None, gt=0, description="lr for gates (default: lr)")
-    epochs: int = Field(15, ge=0)
+    lam: float = Field(2e-3, ge=0, description="L1 weight λ on the gate scores (paper, ImageNet: 1e-4)")
+    gate_lr: float | None = Field(1e-2, gt=0, description="lr for gates (null: same as lr)")
+    epochs: int = Field(8, ge=0)
     lr: float = Field(2e-4, gt=0)
     warmup_epochs: int = Field(0, ge=0)
 
@@ -90,8 +93,18 @@ class PruneSection(Section):
 
 
 class FinetuneSection(OptimSection):
-    epochs: int = Field(15, ge=0)
+    epochs: int = Field(10, ge=0)
     lr: float = Field(5e-4, gt=0)
+    distill: Literal["none", "soft", "hard"] = Field(
+        "none", description="teacher = the unpruned model: soft KL, or DeiT-style hard labels")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    distill_tau: float = Field(2.0, gt=0, description="soft-distillation temperature")
+
+
+def _export_config():
+    from .export.config import ExportConfig
+
+    return ExportConfig
 
 
 class OutputSection(Section):
@@ -102,12 +115,14 @@ class Recipe(Section):
     seed: int = 0
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     sparsify: SparsifySection = Field(default_factory=SparsifySection)
     prune: PruneSection = Field(default_factory=PruneSection)
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    export: _export_config() = Field(default_factory=_export_config())  # type: ignore[valid-type]
     output: OutputSection = Field(default_factory=OutputSection)
 
 
