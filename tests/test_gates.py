@@ -155,12 +155,6 @@ def test_unknown_timm_name_raises_unsupported():
         create_timm("vit_tiny_patch16_224", {"embed_dim": 50, "num_heads": 3})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=vtpdeploy.PlanError,
-    reason="proj_bias=False ViT passes add_gates/plan but compact() then fails with PlanError "
-    "(gates.check_supported does not reject it; compact._check_compactable does)",
-)
 def test_bias_free_vit_is_rejected_up_front_or_compacts(tiny_vit):
     model = tiny_vit(proj_bias=False)
     try:

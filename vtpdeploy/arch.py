@@ -58,7 +58,7 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
     fc1 = blk.mlp.fc1.linear if hasattr(blk.mlp.fc1, "linear") else blk.mlp.fc1
     qkv = blk.attn.qkv.linear if hasattr(blk.attn.qkv, "linear") else blk.attn.qkv
     pe = model.patch_embed
-    return {
+    kwargs = {
         "img_size": list(pe.img_size) if pe.img_size is not None else None,
         "patch_size": list(pe.patch_size),
         "in_chans": pe.proj.in_channels,
@@ -77,6 +77,17 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
         "pre_norm": not isinstance(model.norm_pre, nn.Identity),
         "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
     }
+    act = _act_name(blk.mlp.act)
+    if act is not None:
+        kwargs["act_layer"] = act
+    return kwargs
+
+
+def _act_name(act: nn.Module) -> str | None:
+    """timm's name for a non-default MLP activation (None for plain GELU, the ViT default)."""
+    if isinstance(act, nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else None
+    return {nn.ReLU: "relu", nn.SiLU: "silu", nn.Mish: "mish"}.get(type(act))
 
 
 def describe(model: nn.Module) -> ArchSpec:

@@ -91,8 +91,10 @@ def check_supported(model: nn.Module) -> None:
             raise UnsupportedModelError(f"{label}: block {i} uses gated attention, not supported")
         if not isinstance(mlp.norm, nn.Identity):
             raise UnsupportedModelError(f"{label}: block {i} MLP has an inner norm, not supported")
-        if attn.attn_dim != model.embed_dim and attn.head_dim * attn.num_heads != attn.attn_dim:
-            raise UnsupportedModelError(f"{label}: block {i} has an unusual attention width")
+        for name, lin in (("attn.proj", attn.proj), ("mlp.fc1", mlp.fc1), ("mlp.fc2", mlp.fc2)):
+            lin = getattr(lin, "linear", lin)
+            if lin.bias is None:
+                raise UnsupportedModelError(f"{label}: block {i} {name} has no bias (compaction folds into biases)")
 
 
 def _label(model: nn.Module) -> str:

@@ -97,6 +97,7 @@ class Context:
 def create_model(recipe: Recipe) -> nn.Module:
     """The recipe's timm model, with the recipe's preprocessing recorded in its data config."""
     m = recipe.model
+    torch.manual_seed(recipe.seed)  # reproducible init, identical on every rank
     model = create_timm(m.name, m.kwargs, pretrained=m.pretrained)
     check_supported(model)
     cfg = data_config_for(_model_data_config(model), recipe.data)

@@ -26,11 +26,32 @@ def save(model: nn.Module, path: str | Path) -> tuple[Path, Path]:
 
     weights, arch = _paths(path)
     spec = describe(model)
+    check_rebuildable(model, spec)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "vtpdeploy-model"})
     atomic_write_text(arch, spec.model_dump_json(indent=1))
     return weights, arch
+
+
+def _structure(model: nn.Module) -> list[tuple[str, str, str]]:
+    return [(name, type(m).__name__, m.extra_repr()) for name, m in model.named_modules()]
+
+
+def check_rebuildable(model: nn.Module, spec: ArchSpec) -> None:
+    """Refuse to save what `load` would rebuild differently (e.g. a non-default activation)."""
+    from .compact import build
+    from .errors import UnsupportedModelError
+
+    with torch.device("meta"):
+        rebuilt = build(spec)
+    for mine, theirs in zip(_structure(model), _structure(rebuilt)):
+        if mine != theirs:
+            raise UnsupportedModelError(
+                f"cannot record the architecture: module '{mine[0]}' is {mine[1]}({mine[2]}) but would be "
+                f"rebuilt as {theirs[1]}({theirs[2]})")
+    if len(_structure(model)) != len(_structure(rebuilt)):
+        raise UnsupportedModelError("cannot record the architecture: module trees differ")
 
 
 def read_spec(path: str | Path) -> ArchSpec:

@@ -21,6 +21,8 @@ def pipeline(
     console = Console(stderr=True)
     cfg = load_recipe(recipe, set_)
     report = run_pipeline(cfg, out, console)
+    if not report:  # a non-zero torchrun rank: rank 0 reports
+        return
     acc, params, macs = report["accuracy"], report["params"], report["macs"]
     typer.echo(
         f"run dir: {out or cfg.output.dir}\n"
