@@ -48,25 +48,47 @@ def error_line(exc: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _click_exception_types() -> tuple[tuple, tuple, tuple]:
+    """(exit, abort, usage) exception classes of typer's vendored click and of the click package."""
+    exit_types, abort_types, usage_types = [typer.Exit], [typer.Abort], []
+    try:
+        from typer._click.exceptions import ClickException
+
+        usage_types.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        exit_types.append(click.exceptions.Exit)
+        abort_types.append(click.exceptions.Abort)
+        usage_types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(exit_types), tuple(abort_types), tuple(usage_types)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: known errors print one line and exit 2; `--debug` re-raises them."""
-    import click
-
     from .errors import VtpError
 
+    exit_types, abort_types, usage_types = _click_exception_types()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     command = typer.main.get_command(app)
     try:
         rc = command.main(args=args, prog_name="vtpdeploy", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except exit_types as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except abort_types:
         typer.echo("error: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except usage_types as exc:
         if debug:
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(0)
         typer.echo(f"error: {error_line(exc.format_message())}", err=True)
         sys.exit(2)
     except VtpError as exc:
