@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,16 +189,44 @@ def _stage_sparsify(ctx: Context, key: str) -> dict:
 def _stage_prune(ctx: Context, key: str) -> dict:
     r = ctx.recipe
     model = load(ctx.path / "stages" / "sparse", ctx.dist.device)
-    p = make_plan(model, r)
+    p, latency = make_plan(model, r, ctx.log)
     if ctx.is_main:
         p.save(ctx.path / "plan.json")
     acc = ctx.evaluate(apply_mask(model, p))
-    ctx.log(f"prune: realised rate {p.realised_rate:.3f}, hard-mask val top-1 {acc:.2f} %")
-    return {"accuracy": acc, "realised_rate": p.realised_rate, "thresholds": p.thresholds}
+    ctx.log(f"prune: profile {p.constraints.profile}, realised rate {p.realised_rate:.3f}, "
+            f"hard-mask val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "realised_rate": p.realised_rate, "thresholds": p.thresholds, "latency": latency}
 
 
-def make_plan(model: nn.Module, r: Recipe) -> PrunePlan:
-    return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance)
+def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | None]:
+    """The recipe's plan: rate-driven, or latency-guided when `prune.target_latency_ms` is set."""
+    from .hardware import constraints_for
+
+    constraints = constraints_for(r.prune.hardware)
+    if r.prune.target_latency_ms is None:
+        return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
+                    constraints=constraints), None
+    from .compact import compact
+    from .latency.planner import latency_report, plan_for_latency
+    from .latency.table import measure_model_ms, measure_table
+
+    pr = r.prune
+    table = measure_table(model, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
+                          cache_dir=pr.latency_cache, progress=log)
+    p = plan_for_latency(model, pr.target_latency_ms, table, constraints, importance=pr.importance)
+    small = compact(model, p).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = None
+        if pr.latency_backend != "torch":
+            from .export import export_onnx
+
+            onnx_path = export_onnx(small, Path(tmp) / "plan.onnx", batch=pr.latency_batch, simplify=False).path
+        measured = measure_model_ms(small, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
+                                    onnx_path=onnx_path)
+    report = latency_report(p, table, measured)
+    if log:
+        log(f"prune: latency-guided plan, target {pr.target_latency_ms} ms, report {report}")
+    return p, report
 
 
 def _stage_finetune(ctx: Context, key: str) -> dict:
@@ -281,6 +309,7 @@ def _write_report(ctx: Context, wall_s: float) -> dict:
         "plan": p.summary(),
         "curves": {"train": m["train"].get("curve"), "sparsify": m["sparsify"].get("curve"),
                    "finetune": m["finetune"].get("curve")},
+        "latency_plan": m["prune"].get("latency"),
         "stage_seconds": {n: stages[n].get("duration_s") for n in STAGES if n in stages},
         "wall_seconds": round(wall_s, 2),
     }

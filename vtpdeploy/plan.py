@@ -254,7 +254,9 @@ def plan(
             kept_counts[k] = int((~removed[offset : offset + n]).sum())
             offset += n
 
-    from .widths import select_kept
+    from .widths import allocate, select_kept
+
+    kept_counts = allocate(kept_counts, scores, constraints, attn.num_heads, attn.head_dim, groups.values())
 
     gate_plans = []
     for (block, kind), s in sorted(scores.items(), key=lambda kv: (kv[0][0], GATE_KINDS.index(kv[0][1]))):

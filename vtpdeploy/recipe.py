@@ -20,7 +20,7 @@ class ModelSection(Section):
     name: str = "vit_tiny_patch16_224"
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {
-            "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4,
+            "img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 6,
             "mlp_ratio": 4.0, "num_classes": 10,
         }
     )
@@ -65,8 +65,9 @@ class OptimSection(Section):
 class TrainSection(OptimSection):
     """Pretraining from scratch, used only when the model has no checkpoint and no pretrained weights."""
 
-    epochs: int = Field(40, ge=0)
-    lr: float = Field(2e-3, gt=0)
+    epochs: int = Field(50, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
 class SparsifySection(OptimSection):
@@ -83,6 +84,22 @@ class PruneSection(Section):
     scope: Literal["global", "per_kind", "per_layer"] = "global"
     importance: Literal["gate", "weight_l1"] = "gate"
     atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
+    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, gpu-fp16, gpu-int8, "
+                                             "jetson-orin")
+    target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
+                                                                     "(rate is then ignored)")
+    latency_backend: Literal["torch", "ort", "openvino"] = "ort"
+    latency_batch: int = Field(1, gt=0)
+    latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        from .hardware import profile_names
+
+        if v not in profile_names():
+            raise ValueError(f"unknown hardware profile {v!r}; choose one of {', '.join(profile_names())}")
+        return v
 
     @field_validator("rate")
     @classmethod
@@ -189,14 +206,24 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe (None: the embedded quickstart), apply `--set` overrides, validate."""
+    """Read a recipe (None: the embedded quickstart), apply `--set` overrides, validate.
+
+    Overrides apply to the resolved recipe, so `--set model.kwargs.depth=6` changes one kwarg and
+    keeps the others.
+    """
     origin = str(path) if path is not None else "quickstart"
     data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, origin)) from None
+    if not overrides:
+        return recipe
+    data = apply_overrides(recipe.model_dump(mode="json"), overrides)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_error(exc, origin)) from None
+        raise RecipeError(_format_error(exc, f"{origin} with --set")) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

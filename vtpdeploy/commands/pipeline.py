@@ -11,6 +11,8 @@ def pipeline(
     recipe: Path = typer.Argument(None, help="Recipe YAML (default: the embedded quickstart)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: the recipe's output.dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set prune.rate=0.2"),
+    hardware: str = typer.Option(None, "--hardware", help="Width profile for the plan (prune.hardware): "
+                                 "none, cpu, gpu-fp16, gpu-int8, jetson-orin."),
 ) -> None:
     """Train → sparsify → prune → finetune → compact, into a run directory (resumable)."""
     from rich.console import Console
@@ -19,7 +21,7 @@ def pipeline(
     from ..recipe import load_recipe
 
     console = Console(stderr=True)
-    cfg = load_recipe(recipe, set_)
+    cfg = load_recipe(recipe, [*set_, *([f"prune.hardware={hardware}"] if hardware else [])])
     report = run_pipeline(cfg, out, console)
     if not report:  # a non-zero torchrun rank: rank 0 reports
         return
