@@ -1,5 +1,6 @@
 """Digits: VTP (sparse training, then prune by gates) vs prune-only (no sparse training, weight L1),
-at 20 / 40 / 60 %, plus VTP-40 % with knowledge distillation from the unpruned model.
+at 20 / 40 / 60 %, plus VTP-40 % with knowledge distillation from the unpruned model and VTP-40 % with
+paper-faithful widths (`prune.hardware=none`) instead of the default `cpu` profile.
 
     python benchmarks/digits_sparse_vs_prune.py --out runs/digits_cmp [--recipe recipes/quickstart.yaml]
 
@@ -32,6 +33,7 @@ ARMS = [
     ("only40", "prune-only (weight L1)", ["prune.rate=0.4", "sparsify.enabled=false", "prune.importance=weight_l1"]),
     ("only60", "prune-only (weight L1)", ["prune.rate=0.6", "sparsify.enabled=false", "prune.importance=weight_l1"]),
     ("vtp40_kd", "VTP + soft KD", ["prune.rate=0.4", "finetune.distill=soft"]),
+    ("vtp40_none", "VTP, paper-faithful widths (hardware none)", ["prune.rate=0.4", "prune.hardware=none"]),
 ]
 
 

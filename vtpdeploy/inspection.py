@@ -27,7 +27,7 @@ def block_widths(block: nn.Module) -> dict:
 def block_table(model: nn.Module, img_size) -> tuple[list[dict], dict]:
     import torch
 
-    counter = flop_counter.FlopCounterMode(mods=model, display=False, depth=None, custom_mapping=_custom_mapping())
+    counter = flop_counter.FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
     x = torch.zeros(_input_shape(model, img_size), dtype=next(model.parameters()).dtype)
     with torch.no_grad(), counter:
         model.eval()(x)

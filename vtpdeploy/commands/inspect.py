@@ -16,7 +16,10 @@ def inspect(path: Path = typer.Argument(..., help="Run dir or saved model (dir/m
 
     source = load_source(path)
     rows, totals = block_table(source.model, source.input_size[1:])
-    Console().print(render_table(rows, totals, title=source.label))
+    console = Console()
+    if not console.is_terminal:  # files and pipes get the full table, unwrapped
+        console = Console(width=200)
+    console.print(render_table(rows, totals, title=source.label))
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,10 @@ class ExportConfig(BaseModel):
     calib_method: Literal["MinMax", "Percentile", "Entropy"] = Field(
         "Percentile", description="activation range estimator for INT8"
     )
+    int8_activations: Literal["s8", "u8"] = Field(
+        "s8", description="INT8 activation type: s8 = TensorRT-valid symmetric QDQ (default); u8 = faster on x86 "
+        "ONNX Runtime/OpenVINO CPU, NOT accepted by TensorRT (weights stay s8 symmetric per-channel)"
+    )
     check_trt: bool = Field(False, description="write trt_report.json (TensorRT readiness)")
     trt: bool = Field(False, description="build a TensorRT engine (needs TensorRT)")
     strict: bool = Field(False, description="readiness warnings fail the export (exit 1)")

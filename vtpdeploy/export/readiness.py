@@ -167,12 +167,18 @@ def check_trt_readiness(onnx_path: str | Path, model=None, widths: dict[str, Any
         from .quantize import qdq_summary
 
         q = qdq_summary(int8_path)
+        if q["non_int8_qdq"]:
+            kinds = ", ".join(f"{k} x{v}" for k, v in sorted(q["quant_dtypes"].items()) if k != "int8")
+            warnings.append(f"INT8: {len(q['non_int8_qdq'])} Q/DQ nodes are not int8 ({kinds}): TensorRT accepts "
+                            "only int8 Q/DQ; u8 activations (--int8-activations u8) are for CPU runtimes, "
+                            "re-export with --int8-activations s8 for TensorRT")
         if q["nonzero_zero_points"]:
             warnings.append(f"INT8: {len(q['nonzero_zero_points'])} non-zero zero points; TensorRT needs symmetric Q/DQ")
         not_pc = [w["name"] for w in q["weights"] if not w["per_channel"]]
         report["qdq"] = {"path": str(int8_path), "qdq_nodes": q["qdq_nodes"],
                          "nonzero_zero_points": q["nonzero_zero_points"], "per_tensor_weights": not_pc,
-                         "symmetric": not q["nonzero_zero_points"]}
+                         "symmetric": not q["nonzero_zero_points"], "quant_dtypes": q["quant_dtypes"],
+                         "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"]}
     report["warnings"] = warnings
     report["ok"] = not warnings
     return report

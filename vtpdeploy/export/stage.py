@@ -96,6 +96,9 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
     calib_manifest: dict[str, Any] = {}
     if calib_dir is not None:
         calib, calib_labels, calib_manifest = load_calibration(calib_dir, input_size)
+    if cfg.trt and cfg.int8 and cfg.int8_activations == "u8":
+        raise VtpError("--trt builds the INT8 engine from model.int8.onnx, and TensorRT rejects u8 activations: "
+                       "use --int8-activations s8")
     if cfg.trt:
         from .trt_build import require_trt
 
@@ -167,15 +170,22 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
         from ..runners import make_runner
         from .quantize import qdq_summary, quantize_int8
 
-        say(f"quantizing to int8 (QDQ, {cfg.calib_method}, {len(calib)} calibration images) -> model.int8.onnx")
+        u8 = cfg.int8_activations == "u8"
+        say(f"quantizing to int8 (QDQ, {cfg.calib_method}, {cfg.int8_activations} activations"
+            f"{' (CPU runtimes, not TensorRT)' if u8 else ''}, {len(calib)} calibration images) -> model.int8.onnx")
         path8 = out_dir / "model.int8.onnx"
         tmp8 = out_dir / ".model.int8.onnx.pending"
         try:
-            settings = quantize_int8(fp32.path, tmp8, calib, method=cfg.calib_method)
+            settings = quantize_int8(fp32.path, tmp8, calib, method=cfg.calib_method,
+                                     activation_type=cfg.int8_activations)
             rec = validate_onnx(tmp8, ref, x, stage="int8", atol=None, batch=batch, threads=threads)
             q = qdq_summary(tmp8)
-            if q["nonzero_zero_points"]:
-                raise VtpError(f"INT8 model has {len(q['nonzero_zero_points'])} non-zero zero points")
+            if not u8 and (q["nonzero_zero_points"] or q["non_int8_qdq"]):
+                raise VtpError(f"INT8 (s8) model has {len(q['nonzero_zero_points'])} non-zero zero points and "
+                               f"{len(q['non_int8_qdq'])} non-int8 Q/DQ nodes")
+            bad_w = [w["name"] for w in q["weights"] if w["dtype"] != "int8" or not w["zero_point_zero"]]
+            if bad_w:
+                raise VtpError(f"INT8 model has {len(bad_w)} weights that are not int8 with zero point 0: {bad_w[0]}")
             os.replace(tmp8, path8)
         finally:
             tmp8.unlink(missing_ok=True)
@@ -186,7 +196,11 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
             "calibration": {"dir": str(calib_dir), "n": int(len(calib)),
                             "sha256": calib_manifest.get("files", {}).get("calib.npy") or sha256_file(Path(calib_dir) / "calib.npy"),
                             "source": calib_manifest.get("source")},
+            "activations": cfg.int8_activations,
+            "quant_dtypes": q["quant_dtypes"],
+            "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
             "zero_points_all_zero": not q["nonzero_zero_points"],
+            "weights_int8_symmetric": not bad_w,
             "weights_per_channel": all(w["per_channel"] for w in q["weights"]),
             "quantized_weights": len(q["weights"]),
         }
