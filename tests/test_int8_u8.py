@@ -66,11 +66,11 @@ def _zero_points(model):
 
 
 def _top1_agreement(a, b, x):
+    from vtpdeploy.export.onnx_export import run_batched
     from vtpdeploy.runners import make_runner
 
     with make_runner("ort", a, threads=1) as ra, make_runner("ort", b, threads=1) as rb:
-        oa = np.concatenate([ra(x[i:i + 2]) for i in range(0, len(x), 2)])
-        ob = np.concatenate([rb(x[i:i + 2]) for i in range(0, len(x), 2)])
+        oa, ob = run_batched(ra, x, 2), run_batched(rb, x, 2)
     return float((oa.argmax(-1) == ob.argmax(-1)).mean())
 
 

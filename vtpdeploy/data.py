@@ -126,14 +126,33 @@ def build_dataset(section: DataSection, split: Split, transform=None, *, num_cla
     if section.kind == "synthetic":
         seed = section.split_seed + (0 if split == "train" else 1)
         return SyntheticDataset(section.synthetic_size, tuple(input_size), num_classes, seed)
-    folder = check_imagefolder(section.path, split)
     from timm.data import create_dataset
 
+    if section.kind == "timm":
+        return create_timm_dataset(section, split, transform)
+    folder = check_imagefolder(section.path, split)
     return create_dataset("", root=str(folder), split=split, transform=transform)
+
+
+def create_timm_dataset(section: DataSection, split: Split, transform=None) -> Dataset:
+    """Any timm dataset source (`hfds/`, `wds/`, `tfds/`, `torch/`) through timm's create_dataset."""
+    from timm.data import create_dataset
+
+    if not section.dataset:
+        raise DataError("data.dataset: required for kind 'timm' (e.g. 'wds/imagenet-1k')")
+    name = section.train_split if split == "train" else section.val_split
+    try:
+        return create_dataset(section.dataset, root=str(section.path) if section.path else None, split=name,
+                              is_training=split == "train", transform=transform, download=False)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataError(f"data.dataset {section.dataset!r} split {name!r}: cannot open ({msg})") from None
 
 
 def validate_data(section: DataSection) -> None:
     """Cheap checks before any expensive work."""
+    if section.kind == "timm" and not section.dataset:
+        raise DataError("data.dataset: required for kind 'timm' (e.g. 'wds/imagenet-1k')")
     if section.kind == "imagefolder":
         check_imagefolder(section.path, "train")
         check_imagefolder(section.path, "val")

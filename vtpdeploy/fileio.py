@@ -27,11 +27,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise VtpError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets normal permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -29,8 +29,12 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    kind: Literal["digits", "imagefolder", "synthetic"] = "digits"
-    path: Path | None = Field(None, description="imagefolder root holding train/ and val/")
+    kind: Literal["digits", "imagefolder", "timm", "synthetic"] = "digits"
+    path: Path | None = Field(None, description="imagefolder root holding train/ and val/; timm: dataset root")
+    dataset: str | None = Field(None, description="timm: a create_dataset name, e.g. 'hfds/imagenet-1k', "
+                                                   "'wds/imagenet-1k', 'torch/cifar10'")
+    train_split: str = Field("train", description="timm: split name of the training set")
+    val_split: str = Field("validation", description="timm: split name of the validation set")
     batch_size: int = Field(64, gt=0, description="global batch (all ranks, all accumulation steps)")
     micro_batch_size: int | None = Field(None, gt=0, description="per-rank forward batch; default batch/world")
     val_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")

@@ -51,6 +51,33 @@ def _param_groups(model: nn.Module, cfg: OptimSection, gate_lr: float | None, tr
     return [g for g in groups if g["params"]]
 
 
+def rng_state() -> dict:
+    """torch, CUDA, numpy and Python RNG states, as tensors and plain types (weights_only-loadable)."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype("int64")), "pos": int(np_state[2])},
+             "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype("uint32"), state["numpy"]["pos"], 0, 0.0))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str = "cpu") -> float:
     """Top-1 accuracy in percent."""
@@ -162,6 +189,7 @@ def fit(
     amp_dtype = torch.bfloat16 if setup.amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and setup.amp == "fp16")
     start_epoch, start_micro = 0, 0
+    resume_rng = None
     state = _load_checkpoint(checkpoint_path) if checkpoint_path else None
     if state is not None and state.get("stage_key") == stage_key:
         model.load_state_dict(state["model"])
@@ -170,6 +198,7 @@ def fit(
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start_epoch, start_micro = int(state["epoch"]), int(state.get("micro_step", 0))
+        resume_rng = state.get("rng")
         if start_micro >= micro_per_epoch:
             start_epoch, start_micro = start_epoch + 1, 0
         history = History(**state["history"])
@@ -186,11 +215,11 @@ def fit(
         setup.teacher.eval()
     do_save = checkpoint_path is not None and setup.dist.is_main
 
-    def save_state(epoch: int, micro: int, partial: dict | None = None) -> None:
+    def save_state(epoch: int, micro: int) -> None:
         _save_checkpoint(checkpoint_path, {
             "stage_key": stage_key, "epoch": epoch, "micro_step": micro, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": history.as_dict(), "partial": partial or {},
+            "scaler": scaler.state_dict(), "history": history.as_dict(), "rng": rng_state(),
         })
 
     done_steps = start_epoch * steps_per_epoch + start_micro // setup.accum_steps
@@ -199,6 +228,8 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         skip = start_micro if epoch == start_epoch else 0
         torch.manual_seed(seed * 100003 + epoch * 1009 + skip)
+        if resume_rng is not None and epoch == start_epoch and skip > 0:
+            set_rng_state(resume_rng)  # continue the interrupted epoch's random stream
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "ce": 0.0, "l1": 0.0}
         n = 0
