@@ -140,3 +140,22 @@ def test_resume_after_kill_9(stage, tmp_path):
     # Same data order and seeds per epoch: the resumed run ends where the uninterrupted one does.
     assert report["accuracy"]["finetuned"] == pytest.approx(ref["accuracy"]["finetuned"], abs=1.0)
     assert report["curves"][stage]["loss"][-1] == pytest.approx(ref["curves"][stage]["loss"][-1], rel=0.05)
+
+
+def test_export_section_runs_as_the_next_stage(finished_run, tmp_path):
+    import shutil
+
+    _, recipe, run, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock"))
+    proc = run_cli("pipeline", recipe, "--out", copy, "--set", "export.enabled=true", "--set", "export.fp16=true")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("up to date, skipped") == 5
+    manifest = json.loads((copy / "manifest.json").read_text())
+    export = manifest["stages"]["export"]
+    assert export["status"] == "done"
+    assert {"model", "model_fp16", "export"} <= set(export["artifacts"])
+    result = json.loads((copy / "export" / "export.json").read_text())
+    fp32 = [v for v in result["validations"] if v["stage"] == "fp32"]
+    assert fp32 and all(v["max_abs_diff"] <= 1e-4 for v in fp32)
+    assert json.loads((copy / "report.json").read_text())["export"]["validations"]
