@@ -53,7 +53,9 @@ def test_report_contents(finished_run):
     assert set(report["accuracy"]) >= {"unpruned", "pruned", "finetuned"}
     assert report["params"]["compact"] < report["params"]["unpruned"]
     assert report["macs"]["compact"] < report["macs"]["unpruned"]
-    assert abs(report["plan"]["realised_rate"] - 0.4) < 0.02
+    assert report["plan"]["profile"] == "cpu"  # the default width profile
+    # Width 32, 2 heads: the cpu profile's multiples are coarse here, so the realised rate moves a little.
+    assert abs(report["plan"]["realised_rate"] - 0.4) < 0.06
     assert len(report["plan"]["blocks"]) == 2
     assert len(report["curves"]["sparsify"]["loss"]) == 2 and len(report["curves"]["finetune"]["loss"]) == 2
     assert report["compaction"]["max_abs_diff"] <= 1e-4

@@ -26,7 +26,7 @@ from .plan import PrunePlan, apply_mask, plan
 from .recipe import Recipe, dump_recipe, section_json
 from .rundir import RunDir
 from .saving import load, load_weights, read_state_dict, save
-from .training import LoopSetup, evaluate, fit
+from .training import LoopSetup, evaluate, fit, seed_everything
 
 STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
 
@@ -97,7 +97,7 @@ class Context:
 def create_model(recipe: Recipe) -> nn.Module:
     """The recipe's timm model, with the recipe's preprocessing recorded in its data config."""
     m = recipe.model
-    torch.manual_seed(recipe.seed)  # reproducible init, identical on every rank
+    seed_everything(recipe.seed)  # reproducible init, identical on every rank
     model = create_timm(m.name, m.kwargs, pretrained=m.pretrained)
     check_supported(model)
     cfg = data_config_for(_model_data_config(model), recipe.data)
@@ -375,7 +375,7 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
                 if info.is_main:
                     run.invalidate_from(list(STAGES[i:]))
                     t0 = run.start(name, key)
-                torch.manual_seed(recipe.seed)
+                seed_everything(recipe.seed)
                 metrics, artifacts = _run_stage(ctx, name, key, model)
                 barrier(info)
                 if info.is_main:

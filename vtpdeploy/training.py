@@ -51,6 +51,17 @@ def _param_groups(model: nn.Module, cfg: OptimSection, gate_lr: float | None, tr
     return [g for g in groups if g["params"]]
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's `random` (timm's crop augmentation draws from the latter)."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+
+
 def rng_state() -> dict:
     """torch, CUDA, numpy and Python RNG states, as tensors and plain types (weights_only-loadable)."""
     import random
@@ -227,7 +238,7 @@ def fit(
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         skip = start_micro if epoch == start_epoch else 0
-        torch.manual_seed(seed * 100003 + epoch * 1009 + skip)
+        seed_everything(seed * 100003 + epoch * 1009 + skip + 7919 * setup.dist.rank)
         if resume_rng is not None and epoch == start_epoch and skip > 0:
             set_rng_state(resume_rng)  # continue the interrupted epoch's random stream
         t0 = time.perf_counter()
