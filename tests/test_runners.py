@@ -49,10 +49,11 @@ def test_trt_runner_matches_torch(tiny_onnx, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from vtpdeploy.runners.trt_runner import build_engine
+    from vtpdeploy.export.trt_build import build_engine
 
     path, x, ref = tiny_onnx
-    engine = build_engine(path, tmp_path / "tiny.engine")
+    engine = tmp_path / "tiny.engine"
+    build_engine(path, engine, precision="fp32", input_shape=list(x.shape))
     with make_runner("trt", engine, device="cuda") as r:
         out = r.infer(x)
         assert r.memory_info()["trt_device_memory_mb"] is not None

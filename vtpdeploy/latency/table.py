@@ -294,19 +294,8 @@ def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int |
                 torch.onnx.export(module, (torch.from_numpy(x),), str(artifact), dynamo=False, opset_version=17,
                                   input_names=["input"], output_names=["output"], do_constant_folding=True)
         try:
-            runner = make_runner(backend, artifact, device=device, threads=threads)
-            try:
-                for _ in range(warmup):
-                    runner.infer(x)
-                runner.synchronize()
-                times = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    runner.infer(x)
-                    runner.synchronize()
-                    times.append((time.perf_counter() - t0) * 1e3)
-            finally:
-                runner.close()
+            with make_runner(backend, artifact, device=device, threads=threads) as runner:
+                times = _timed_ms(runner, x, warmup, iters)
         finally:
             if tmp is not None:
                 tmp.cleanup()
@@ -383,16 +372,19 @@ def measure_model_ms(model, backend: str = "torch", batch: int = 1, device: str 
     artifact = model.eval() if backend == "torch" else onnx_path
     if artifact is None:
         raise VtpError(f"measure_model_ms: backend {backend!r} needs onnx_path")
-    runner = make_runner(backend, artifact, device=device, threads=threads)
-    try:
-        for _ in range(3):
-            runner.infer(x)
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            runner.infer(x)
-            runner.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        runner.close()
-    return float(np.median(times))
+    with make_runner(backend, artifact, device=device, threads=threads) as runner:
+        return float(np.median(_timed_ms(runner, x, 3, iters)))
+
+
+def _timed_ms(runner, x: np.ndarray, warmup: int, iters: int) -> list[float]:
+    """Per-call latencies in ms after `warmup` calls (synchronised for GPU runners)."""
+    for _ in range(warmup):
+        runner.infer(x)
+    runner.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        runner.infer(x)
+        runner.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times

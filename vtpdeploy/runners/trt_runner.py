@@ -143,33 +143,3 @@ class TrtRunner(Runner):
         self.context = None
         self.engine = None
 
-
-def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = False, workspace_mb: int = 2048) -> Path:
-    """Parse an ONNX file and serialize a TensorRT engine (static shapes) atomically."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        from ..errors import BackendUnavailableError
-
-        raise BackendUnavailableError("building a TensorRT engine needs the 'tensorrt' package") from None
-    from ..fileio import atomic_write_bytes
-
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise VtpError(f"{onnx_path}: TensorRT cannot parse it ({' '.join(errs.split())[:200]})")
-    config = builder.create_builder_config()
-    if hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    blob = builder.build_serialized_network(network, config)
-    if blob is None:
-        raise VtpError(f"{onnx_path}: TensorRT engine build failed")
-    return atomic_write_bytes(engine_path, bytes(blob))
