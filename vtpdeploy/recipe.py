@@ -64,6 +64,8 @@ class OptimSection(Section):
     checkpoint_every: int = Field(1, gt=0, description="epochs between resume checkpoints")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: off)")
     clip_grad: float | None = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep a timm EMA of the weights (e.g. 0.9998); "
+                                                                  "the stage's result is the EMA model")
 
 
 class TrainSection(OptimSection):

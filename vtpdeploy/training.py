@@ -217,6 +217,13 @@ def fit(
             log(f"{description}: resuming from epoch checkpoint {start_epoch}/{cfg.epochs}"
                 + (f", micro-batch {start_micro}" if start_micro else ""))
 
+    ema = None
+    if getattr(cfg, "ema_decay", None):
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+        if state is not None and state.get("stage_key") == stage_key and "ema" in state:
+            ema.module.load_state_dict(state["ema"])
     net = model
     if setup.dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -231,6 +238,7 @@ def fit(
             "stage_key": stage_key, "epoch": epoch, "micro_step": micro, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "history": history.as_dict(), "rng": rng_state(),
+            **({"ema": ema.module.state_dict()} if ema is not None else {}),
         })
 
     done_steps = start_epoch * steps_per_epoch + start_micro // setup.accum_steps
@@ -276,6 +284,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 step = epoch * steps_per_epoch + math.ceil(micro / setup.accum_steps)
                 scheduler.step_update(step)
+                if ema is not None:
+                    ema.update(model, step=step)
                 if progress is not None:
                     progress.advance(task)
                 every = setup.checkpoint_every_steps
@@ -290,4 +300,6 @@ def fit(
             save_state(epoch + 1, 0)
         if on_epoch:
             on_epoch(epoch, {"loss": history.loss[-1], "ce": history.ce[-1], "l1": history.l1[-1]})
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())  # the stage's result is the averaged model
     return history
