@@ -150,7 +150,9 @@ def test_export_section_runs_as_the_next_stage(finished_run, tmp_path):
     _, recipe, run, _ = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock"))
-    proc = run_cli("pipeline", recipe, "--out", copy, "--set", "export.enabled=true", "--set", "export.fp16=true")
+    # The run dir's own resolved recipe: every earlier stage is up to date, only export is new.
+    proc = run_cli("pipeline", copy / "recipe.yaml", "--out", copy, "--set", "export.enabled=true",
+                   "--set", "export.fp16=true")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("up to date, skipped") == 5
     manifest = json.loads((copy / "manifest.json").read_text())
