@@ -163,3 +163,23 @@ def test_export_section_runs_as_the_next_stage(finished_run, tmp_path):
     fp32 = [v for v in result["validations"] if v["stage"] == "fp32"]
     assert fp32 and all(v["max_abs_diff"] <= 1e-4 for v in fp32)
     assert json.loads((copy / "report.json").read_text())["export"]["validations"]
+
+
+def test_latency_guided_plan_reports_predicted_and_measured(finished_run, tmp_path):
+    import shutil
+
+    _, _, run, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock"))
+    proc = run_cli("pipeline", copy / "recipe.yaml", "--out", copy, "--set", "prune.target_latency_ms=1000",
+                   "--set", "prune.latency_backend=torch", "--set", f"prune.latency_cache={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stderr
+    latency = json.loads((copy / "report.json").read_text())["latency_plan"]
+    assert latency["target_ms"] == 1000 and latency["backend"] == "torch"
+    assert latency["predicted_ms"] > 0 and latency["measured_ms"] > 0
+    assert list((tmp_path / "cache").glob("*.json")), "latency table not cached"
+
+    unreachable = run_cli("pipeline", copy / "recipe.yaml", "--out", copy, "--set", "prune.target_latency_ms=1e-6",
+                          "--set", "prune.latency_backend=torch", "--set", f"prune.latency_cache={tmp_path / 'cache'}")
+    assert unreachable.returncode == 2
+    assert "not reachable" in unreachable.stderr and "Traceback" not in unreachable.stderr
