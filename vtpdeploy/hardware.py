@@ -2,7 +2,7 @@
 
     from vtpdeploy.hardware import constraints_for, plan_for_hardware, check_plan, check_model
     c = constraints_for("cpu")                       # a WidthConstraints with profile="cpu"
-    p = plan_for_hardware(gated_model, 0.4, "cpu")  # == plan(..., constraints=c) once plan.py calls allocate()
+    p = plan_for_hardware(gated_model, 0.4, "cpu")  # == plan(..., constraints=c)
     assert not check_plan(p, c) and not check_model(compact(gated_model, p), c)
 
 | profile       | round_to (qkv_in / V per head / mlp_in / mlp_hidden) | V heads aligned | allowed V head dims | min widths (qkv_in, mlp_in, mlp_hidden) |
