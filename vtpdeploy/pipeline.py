@@ -29,6 +29,7 @@ from .saving import load, load_weights, read_state_dict, save
 from .training import LoopSetup, evaluate, fit, seed_everything
 
 STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
+STAGE_SECTION = {"compact": "prune"}  # recipe section a stage's key depends on (default: its own name)
 
 
 @dataclass
@@ -348,7 +349,7 @@ def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | Non
 def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module) -> dict:
     t_start = time.perf_counter()
     run = RunDir(out, world_size=info.world_size)
-    with run.open() if info.is_main else contextlib.nullcontext():
+    with run if info.is_main else contextlib.nullcontext():  # rank 0 holds the lock
         barrier(info)
         if not info.is_main:
             run.manifest = json.loads(run.manifest_path.read_text())
@@ -359,14 +360,12 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
         with _progress(console, enabled=info.is_main) as progress:
             ctx.progress = progress
             upstream = _base_key(recipe)
-            sections = {"train": "train", "sparsify": "sparsify", "prune": "prune", "finetune": "finetune",
-                        "compact": "prune", "export": "export"}
             for i, name in enumerate(STAGES):
                 if name == "export" and not recipe.export.enabled:
                     continue
                 prev = STAGES[i - 1] if i else None
                 art = json.dumps(run.artifact_hashes(prev), sort_keys=True) if prev else ""
-                key = _key(upstream, section_json(recipe, sections[name]), art, name)
+                key = _key(upstream, section_json(recipe, STAGE_SECTION.get(name, name)), art, name)
                 upstream = key
                 if broadcast(info, run.is_done(name, key) if info.is_main else None):
                     ctx.log(f"{name}: up to date, skipped")

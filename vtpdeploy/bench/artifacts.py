@@ -174,13 +174,9 @@ class Artifact:
             onnx_path = self.onnx_for(batch, threads)
             engine = onnx_path.with_suffix(".engine")
             if not engine.is_file():
-                import onnx
-
                 from ..export.trt_build import build_engine  # the one engine builder (export's)
 
-                dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-                build_engine(onnx_path, engine, precision="fp32",
-                             input_shape=[d.dim_value if d.dim_value else d.dim_param for d in dims])
+                build_engine(onnx_path, engine, precision="fp32", input_shape=list(onnx_input_shape(onnx_path)))
             return engine, engine
         if self.kind == "engine":
             raise VtpError(f"{self.spec}: a TensorRT engine only runs on --backend trt")

@@ -104,18 +104,16 @@ def print_tables(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def table(title: str, head: list[str], rows: list) -> Table:
+        t = Table(title=title, title_justify="left")
+        for i, h in enumerate(head):
+            t.add_column(h, justify="left" if i < 3 else "right")
+        for r in rows:
+            t.add_row(*r)
+        return t
+
     console = console or Console()
     head, rows, chead, crows = _rows(report)
-    t = Table(title="vtpdeploy bench", title_justify="left")
-    for i, h in enumerate(head):
-        t.add_column(h, justify="left" if i < 3 else "right")
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
+    console.print(table("vtpdeploy bench", head, rows))
     if crows:
-        c = Table(title="speedup vs baseline (paired bootstrap 95% CI)", title_justify="left")
-        for i, h in enumerate(chead):
-            c.add_column(h, justify="left" if i < 3 else "right")
-        for r in crows:
-            c.add_row(*r)
-        console.print(c)
+        console.print(table("speedup vs baseline (paired bootstrap 95% CI)", chead, crows))
