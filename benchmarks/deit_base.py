@@ -71,11 +71,16 @@ def main(argv: list[str] | None = None) -> dict:
     import timm
 
     import vtpdeploy
-    from vtpdeploy.bench import run_bench
-    from vtpdeploy.compact import compact_validated
-    from vtpdeploy.export import export_onnx
-    from vtpdeploy.export.quantize import quantize_int8
-    from vtpdeploy.hardware import check_model, check_plan, constraints_for, plan_for_hardware
+    from vtpdeploy.deploy.bench import run_bench
+    from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.deploy.export.quantize import quantize_int8
+    from vtpdeploy.prune.compact import compact_validated
+    from vtpdeploy.prune.profiles import (
+        check_model,
+        check_plan,
+        constraints_for,
+        plan_for_hardware,
+    )
 
     t_start = time.time()
     out = args.out

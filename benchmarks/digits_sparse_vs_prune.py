@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 
 from vtpdeploy.fileio import atomic_write_json
-from vtpdeploy.pipeline import run_pipeline
-from vtpdeploy.recipe import load_recipe
+from vtpdeploy.train.pipeline import run_pipeline
+from vtpdeploy.train.recipe import load_recipe
 
 ARMS = [
     # name, method label, overrides

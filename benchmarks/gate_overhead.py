@@ -45,8 +45,8 @@ def main(argv=None) -> dict:
     import timm
 
     import vtpdeploy
-    from vtpdeploy.bench.stats import bootstrap_speedup
-    from vtpdeploy.gates import GatedLinear
+    from vtpdeploy.deploy.bench.stats import bootstrap_speedup
+    from vtpdeploy.prune.gates import GatedLinear
 
     if args.threads:
         torch.set_num_threads(args.threads)

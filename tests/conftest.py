@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import vtpdeploy
-from vtpdeploy.gates import iter_gates
+from vtpdeploy.prune.gates import iter_gates
 
 # A tiny custom ViT: 4x4 patches + cls = 17 tokens, 3 heads of 16 dims, hidden 192.
 TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)

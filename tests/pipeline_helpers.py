@@ -41,7 +41,7 @@ def run_cli_inprocess(*args: str) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from vtpdeploy.cli import main
+    from vtpdeploy.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0

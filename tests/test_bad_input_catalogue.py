@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from pipeline_helpers import run_cli_inprocess, tree_digest, write_recipe
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

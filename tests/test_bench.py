@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
 from fixtures.vtpbench_fixtures import make_run_dir
-from vtpdeploy.bench import stats
-from vtpdeploy.bench.loop import Slot, measure, warmup
-from vtpdeploy.runners.base import Runner
+
+from vtpdeploy.deploy.bench import stats
+from vtpdeploy.deploy.bench.loop import Slot, measure, warmup
+from vtpdeploy.deploy.runners.base import Runner
 
 
 # ---- statistics on synthetic latencies (no timing) -----------------------------------------------
@@ -87,7 +87,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(run_dir):
-    from vtpdeploy.bench import run_bench
+    from vtpdeploy.deploy.bench import run_bench
 
     return run_bench([run_dir], backend="torch,ort", batches=[1, 2], warmup_s=0.0, iters=20, threads=1, block_iters=5)
 
@@ -133,15 +133,15 @@ def test_report_schema(report, run_dir):
 def test_onnx_cache_reused_and_keyed_by_sha(run_dir):
     cache = sorted(p.name for p in (run_dir / "bench_cache").glob("*.onnx"))
     assert len(cache) == 4 and all(".b1.onnx" in n or ".b2.onnx" in n for n in cache)
-    from vtpdeploy.bench.artifacts import resolve
+    from vtpdeploy.deploy.bench.artifacts import resolve
 
     art = resolve(str(run_dir))
     assert art.onnx_for(1).name in cache  # same sha -> same file, no re-export
 
 
 def test_markdown_and_plot(report, tmp_path):
-    from vtpdeploy.bench.plot import write_plot
-    from vtpdeploy.bench.report import markdown
+    from vtpdeploy.deploy.bench.plot import write_plot
+    from vtpdeploy.deploy.bench.report import markdown
 
     md = markdown(report)
     assert "| run/model |" in md and "Speedup vs baseline" in md
@@ -150,7 +150,7 @@ def test_markdown_and_plot(report, tmp_path):
 
 
 def test_onnx_artifact_params_from_initializers(run_dir, tmp_path):
-    from vtpdeploy.bench.artifacts import resolve
+    from vtpdeploy.deploy.bench.artifacts import resolve
 
     src = next((run_dir / "bench_cache").glob("model.*.b1.onnx"))
     dst = tmp_path / "lonely.onnx"

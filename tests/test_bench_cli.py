@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from fixtures.vtpbench_fixtures import make_run_dir, tiny_vit
 
 
@@ -27,7 +26,7 @@ def _one_line_error(res, *needles):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     root = tmp_path_factory.mktemp("benchcli")
     run = make_run_dir(root)
@@ -58,7 +57,7 @@ def test_cli_real_run_with_outputs_and_gate(env):
 
 def test_onnx_candidate_against_onnx_baseline_and_none(env):
     root, run, onnx1, _ = env
-    from vtpdeploy.bench import run_bench
+    from vtpdeploy.deploy.bench import run_bench
 
     rep = run_bench([onnx1], backend="openvino", baseline=str(onnx1), warmup_s=0, iters=10, threads=1, block_iters=5)
     assert [r["model"] for r in rep["results"]] == ["tiny_b1.onnx (baseline)", "tiny_b1.onnx"]
@@ -76,7 +75,7 @@ def test_bad_inputs(env, tmp_path, case):
     if case == "unknown_backend":
         _one_line_error(_cli("bench", run, "--backend", "tvm", *common), "unknown backend 'tvm'")
     elif case == "not_installed":
-        from vtpdeploy.runners import available_backends
+        from vtpdeploy.deploy.runners import available_backends
 
         if "trt" in available_backends():
             pytest.skip("TensorRT is installed here")

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from vtpdeploy.recipe import Recipe
+    from vtpdeploy.train.recipe import Recipe
 
     run = tmp_path_factory.mktemp("calibrun") / "run"
     run.mkdir()
@@ -35,7 +35,7 @@ def _files(d):
 
 
 def test_same_seed_same_bytes_different_seed_differs(run_dir, tmp_path):
-    from vtpdeploy.calib import calib_from_source
+    from vtpdeploy.deploy.export.calib import calib_from_source
 
     a = calib_from_source(run_dir, tmp_path / "a", n=40, seed=7)
     b = calib_from_source(run_dir, tmp_path / "b", n=40, seed=7)
@@ -52,8 +52,8 @@ def test_same_seed_same_bytes_different_seed_differs(run_dir, tmp_path):
 
 
 def test_draws_only_from_train_split(run_dir, tmp_path):
-    from vtpdeploy.calib import calib_from_source
     from vtpdeploy.data import DigitsDataset
+    from vtpdeploy.deploy.export.calib import calib_from_source
 
     man = calib_from_source(run_dir, tmp_path / "cal", n=2000, seed=0)
     train = DigitsDataset("train")
@@ -66,7 +66,7 @@ def test_draws_only_from_train_split(run_dir, tmp_path):
 
 
 def test_load_calibration_checks(run_dir, tmp_path):
-    from vtpdeploy.calib import calib_from_source, load_calibration
+    from vtpdeploy.deploy.export.calib import calib_from_source, load_calibration
 
     calib_from_source(run_dir, tmp_path / "cal", n=5, seed=0)
     x, y, man = load_calibration(tmp_path / "cal", (3, 32, 32))
@@ -84,7 +84,7 @@ def test_load_calibration_checks(run_dir, tmp_path):
 def test_image_folder_source(tmp_path):
     from PIL import Image
 
-    from vtpdeploy.calib import calib_from_source
+    from vtpdeploy.deploy.export.calib import calib_from_source
 
     for cls in ("a", "b"):
         d = tmp_path / "imgs" / "train" / cls

@@ -6,13 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
-import vtpdeploy
-from vtpdeploy import GATE_KINDS, PlanError, WidthConstraints, compact, plan
-from vtpdeploy.compact import CompactAttention, CompactBlock, compact_validated
-from vtpdeploy.gates import GatedLinear, iter_gates
-
 from conftest import (
     gate_values,
     gated_random,
@@ -22,6 +15,12 @@ from conftest import (
     max_diff,
     randomize_layer_scale,
 )
+from torch import nn
+
+import vtpdeploy
+from vtpdeploy import GATE_KINDS, PlanError, WidthConstraints, compact, plan
+from vtpdeploy.prune.compact import CompactAttention, CompactBlock, compact_validated
+from vtpdeploy.prune.gates import GatedLinear, iter_gates
 
 ATOL = 1e-4
 

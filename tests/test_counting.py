@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import gated_random, make_vit
 
 import vtpdeploy
 from vtpdeploy import WidthConstraints, add_gates, count, plan
-
-from conftest import gated_random, make_vit
 
 
 def _vit_macs(img: tuple[int, int], patch: int, D: int, depth: int, H: int, C: int,

@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
-from vtpdeploy.plan import PrunePlan
-
 from pipeline_helpers import run_cli, write_recipe
+
+from vtpdeploy.prune.plan import PrunePlan
 
 DDP_RECIPE = {"data.augment": False, "data.val_fraction": 0.2507,  # 1346 train images: no sampler padding
               "data.batch_size": 64, "threads": 1, "train.epochs": 2,
@@ -49,8 +48,8 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 
 def test_global_batch_must_split_across_ranks():
     from vtpdeploy.errors import RecipeError
-    from vtpdeploy.pipeline import micro_batching
-    from vtpdeploy.recipe import load_recipe
+    from vtpdeploy.train.pipeline import micro_batching
+    from vtpdeploy.train.recipe import load_recipe
 
     r = load_recipe(None, ["data.batch_size=64"])
     assert micro_batching(r, 1) == (64, 1)

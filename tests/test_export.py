@@ -35,7 +35,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny, tmp_path_factory):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     path = tmp_path_factory.mktemp("tiny") / "model.onnx"
     return export_onnx(tiny, path, batch=2, openvino=False)
@@ -54,7 +54,7 @@ def test_export_tiny_parity_and_io(tiny, tiny_onnx):
     for v in res.validations:
         assert v["max_abs_diff"] <= 1e-4 and v["top1_agreement"] == 1.0 and v["passed"]
     # independent check on fresh inputs, through the shared runner
-    from vtpdeploy.runners import make_runner
+    from vtpdeploy.deploy.runners import make_runner
 
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
     with make_runner("ort", res.path, threads=1) as r:
@@ -63,8 +63,8 @@ def test_export_tiny_parity_and_io(tiny, tiny_onnx):
 
 
 def test_dynamic_batch(tiny, tmp_path):
-    from vtpdeploy.export import export_onnx
-    from vtpdeploy.runners import make_runner
+    from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.deploy.runners import make_runner
 
     res = export_onnx(tiny, tmp_path / "dyn.onnx", dynamic_batch=True, simplify=False, openvino=False)
     dim0 = onnx.load(str(res.path)).graph.input[0].type.tensor_type.shape.dim[0]
@@ -76,7 +76,7 @@ def test_dynamic_batch(tiny, tmp_path):
 
 def test_openvino_parity(tiny, tmp_path):
     pytest.importorskip("openvino")
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     res = export_onnx(tiny, tmp_path / "m.onnx", simplify=False, openvino=True)
     ov = [v for v in res.validations if v["backend"] == "openvino"]
@@ -84,7 +84,7 @@ def test_openvino_parity(tiny, tmp_path):
 
 
 def test_deit_tiny_compact_parity(tmp_path):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     model = make_compact("deit_tiny_patch16_224")
     sample = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
@@ -98,7 +98,7 @@ def test_deit_tiny_compact_parity(tmp_path):
 
 
 def test_mismatch_fails_and_leaves_no_onnx(tiny, tmp_path):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     target = tmp_path / "bad.onnx"
     with pytest.raises(NumericalMismatchError, match="max \\|diff\\|"):
@@ -110,7 +110,7 @@ def test_mismatch_fails_and_leaves_no_onnx(tiny, tmp_path):
 
 
 def test_atomic_overwrite_keeps_old_file_on_failure(tiny, tmp_path):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     target = tmp_path / "model.onnx"
     export_onnx(tiny, target, simplify=False, openvino=False)
@@ -122,8 +122,12 @@ def test_atomic_overwrite_keeps_old_file_on_failure(tiny, tmp_path):
 
 
 def test_fp16(tiny_onnx, tiny):
-    from vtpdeploy.export.fp16 import convert_fp16
-    from vtpdeploy.export.onnx_export import random_inputs, torch_logits, validate_onnx
+    from vtpdeploy.deploy.export.fp16 import convert_fp16
+    from vtpdeploy.deploy.export.onnx_export import (
+        random_inputs,
+        torch_logits,
+        validate_onnx,
+    )
 
     dst = convert_fp16(tiny_onnx.path, tiny_onnx.path.with_name("model.fp16.onnx"))
     m = onnx.load(str(dst))
@@ -146,8 +150,8 @@ def _expected_axis(weight: dict) -> int:
 
 @pytest.mark.parametrize("simplify", [True, False])
 def test_int8_qdq_symmetric_per_channel(tiny, tmp_path, simplify):
-    from vtpdeploy.export import export_onnx
-    from vtpdeploy.export.quantize import qdq_summary, quantize_int8
+    from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.deploy.export.quantize import qdq_summary, quantize_int8
 
     res = export_onnx(tiny, tmp_path / "m.onnx", batch=2, simplify=simplify, openvino=False)
     calib = np.random.default_rng(3).standard_normal((16, 3, 32, 32), dtype=np.float32)
@@ -174,8 +178,8 @@ def test_int8_qdq_symmetric_per_channel(tiny, tmp_path, simplify):
 
 
 def test_run_export_end_to_end(tmp_path, tiny):
-    from vtpdeploy.export import ExportConfig, run_export
-    from vtpdeploy.sources import ModelSource
+    from vtpdeploy.deploy.export import ExportConfig, run_export
+    from vtpdeploy.deploy.sources import ModelSource
 
     calib_dir = tmp_path / "calib"
     calib_dir.mkdir()
@@ -198,8 +202,8 @@ def test_run_export_end_to_end(tmp_path, tiny):
 
 
 def test_run_export_random_inputs_recorded(tmp_path, tiny):
-    from vtpdeploy.export import ExportConfig, run_export
-    from vtpdeploy.sources import ModelSource
+    from vtpdeploy.deploy.export import ExportConfig, run_export
+    from vtpdeploy.deploy.sources import ModelSource
 
     rep = run_export(ModelSource(tiny, "tiny", {"input_size": [3, 32, 32]}), tmp_path,
                      ExportConfig(val_n=4, simplify=False), threads=1)
@@ -210,7 +214,7 @@ def test_run_export_random_inputs_recorded(tmp_path, tiny):
 def test_export_config_forbids_unknown_keys():
     from pydantic import ValidationError
 
-    from vtpdeploy.export import ExportConfig
+    from vtpdeploy.deploy.export import ExportConfig
 
     assert ExportConfig().opset == 17 and ExportConfig().atol == 1e-4 and not ExportConfig().enabled
     with pytest.raises(ValidationError):

@@ -36,7 +36,7 @@ def assert_one_line_error(proc, code=2, match=None):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from vtpdeploy.recipe import Recipe
+    from vtpdeploy.train.recipe import Recipe
 
     run = tmp_path_factory.mktemp("clirun") / "run"
     run.mkdir()

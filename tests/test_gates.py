@@ -7,13 +7,18 @@ import copy
 import pytest
 import timm
 import torch
+from conftest import image_batch, make_vit, max_diff, randomize_gates, randomize_head
 from torch import nn
 
 import vtpdeploy
-from vtpdeploy import GATE_KINDS, UnsupportedModelError, add_gates, iter_gates, l1_penalty
-from vtpdeploy.gates import GatedLinear, gate_parameters, set_gates_trainable
-
-from conftest import image_batch, make_vit, max_diff, randomize_gates, randomize_head
+from vtpdeploy import (
+    GATE_KINDS,
+    UnsupportedModelError,
+    add_gates,
+    iter_gates,
+    l1_penalty,
+)
+from vtpdeploy.prune.gates import GatedLinear, gate_parameters, set_gates_trainable
 
 SITES = {"qkv_in": ("attn", "qkv"), "attn_v": ("attn", "proj"), "mlp_in": ("mlp", "fc1"), "mlp_hidden": ("mlp", "fc2")}
 
@@ -147,7 +152,7 @@ def test_unsupported_models_raise_naming_model_and_reason(build, label, why):
 
 
 def test_unknown_timm_name_raises_unsupported():
-    from vtpdeploy.arch import create_timm
+    from vtpdeploy.prune.arch import create_timm
 
     with pytest.raises(UnsupportedModelError, match="unknown timm model 'no_such_vit'"):
         create_timm("no_such_vit")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
 
 import vtpdeploy
 from vtpdeploy import PlanError, WidthConstraints, plan
-from vtpdeploy.hardware import (
+from vtpdeploy.prune.profiles import (
     PROFILES,
     check_model,
     check_plan,
@@ -15,9 +16,13 @@ from vtpdeploy.hardware import (
     describe_profiles,
     plan_for_hardware,
 )
-from vtpdeploy.widths import allocate, feasible_counts, nearest, rate_bound, select_kept
-
-from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
+from vtpdeploy.prune.widths import (
+    allocate,
+    feasible_counts,
+    nearest,
+    rate_bound,
+    select_kept,
+)
 
 # head_dim 64 (as DeiT), 3 heads, hidden 768, 17 tokens: every profile can prune it.
 MID = dict(embed_dim=192, num_heads=3, depth=2)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import timm
 import torch
+from pipeline_helpers import run_cli_inprocess
 
 import vtpdeploy
-from vtpdeploy.inspection import block_table
-
-from pipeline_helpers import run_cli_inprocess
+from vtpdeploy.prune.inspection import block_table
 
 
 def _compact(tmp_path):

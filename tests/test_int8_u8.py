@@ -37,7 +37,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tiny, tmp_path_factory):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     return export_onnx(tiny, tmp_path_factory.mktemp("u8") / "m.onnx", batch=2, openvino=False).path
 
@@ -66,8 +66,8 @@ def _zero_points(model):
 
 
 def _top1_agreement(a, b, x):
-    from vtpdeploy.export.onnx_export import run_batched
-    from vtpdeploy.runners import make_runner
+    from vtpdeploy.deploy.export.onnx_export import run_batched
+    from vtpdeploy.deploy.runners import make_runner
 
     with make_runner("ort", a, threads=1) as ra, make_runner("ort", b, threads=1) as rb:
         oa, ob = run_batched(ra, x, 2), run_batched(rb, x, 2)
@@ -75,7 +75,7 @@ def _top1_agreement(a, b, x):
 
 
 def test_u8_activations_uint8_weights_int8_per_channel(fp32_onnx, tmp_path):
-    from vtpdeploy.export.quantize import qdq_summary, quantize_int8
+    from vtpdeploy.deploy.export.quantize import qdq_summary, quantize_int8
 
     dst = tmp_path / "m.u8.onnx"
     settings = quantize_int8(fp32_onnx, dst, _calib(), method="MinMax", activation_type="u8")
@@ -110,8 +110,8 @@ def test_u8_activations_uint8_weights_int8_per_channel(fp32_onnx, tmp_path):
 
 
 def test_s8_default_unchanged(fp32_onnx, tmp_path):
-    from vtpdeploy.export import ExportConfig
-    from vtpdeploy.export.quantize import qdq_summary, quantize_int8
+    from vtpdeploy.deploy.export import ExportConfig
+    from vtpdeploy.deploy.export.quantize import qdq_summary, quantize_int8
 
     assert ExportConfig().int8_activations == "s8"
     s_default = quantize_int8(fp32_onnx, tmp_path / "d.onnx", _calib(), method="MinMax")
@@ -129,7 +129,7 @@ def test_s8_default_unchanged(fp32_onnx, tmp_path):
 
 
 def test_unknown_activation_type(fp32_onnx, tmp_path):
-    from vtpdeploy.export.quantize import quantize_int8
+    from vtpdeploy.deploy.export.quantize import quantize_int8
 
     with pytest.raises(VtpError, match="activation"):
         quantize_int8(fp32_onnx, tmp_path / "x.onnx", _calib(), activation_type="QUInt8")
@@ -138,8 +138,8 @@ def test_unknown_activation_type(fp32_onnx, tmp_path):
 
 @pytest.mark.parametrize("acts", ["u8", "s8"])
 def test_run_export_records_choice_and_readiness(tiny, tmp_path, acts):
-    from vtpdeploy.export import ExportConfig, run_export
-    from vtpdeploy.sources import ModelSource
+    from vtpdeploy.deploy.export import ExportConfig, run_export
+    from vtpdeploy.deploy.sources import ModelSource
 
     calib_dir = tmp_path / "calib"
     calib_dir.mkdir()
@@ -170,8 +170,8 @@ def test_run_export_records_choice_and_readiness(tiny, tmp_path, acts):
 
 
 def test_trt_build_refuses_u8_before_work(tiny, tmp_path):
-    from vtpdeploy.export import ExportConfig, run_export
-    from vtpdeploy.sources import ModelSource
+    from vtpdeploy.deploy.export import ExportConfig, run_export
+    from vtpdeploy.deploy.sources import ModelSource
 
     cfg = ExportConfig(int8=True, int8_activations="u8", trt=True)
     calib_dir = tmp_path / "calib"
@@ -205,7 +205,7 @@ def _qdq_graph(tmp_path, qtype, zp_value):
     (TensorProto.UINT8, 128, {"not int8", "non-zero zero points"}),
 ])
 def test_readiness_flags_uint8_and_zero_points(tmp_path, qtype, zp, flags):
-    from vtpdeploy.export.readiness import check_trt_readiness
+    from vtpdeploy.deploy.export.readiness import check_trt_readiness
 
     path = _qdq_graph(tmp_path, qtype, zp)
     rep = check_trt_readiness(path, widths={"attention": [], "linear": [], "seq_len": None}, targets=["10"],

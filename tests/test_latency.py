@@ -6,22 +6,20 @@ import json
 
 import pytest
 import torch
+from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
 
 import vtpdeploy
 from vtpdeploy import PlanError
-from vtpdeploy.hardware import check_plan, constraints_for
-from vtpdeploy.latency import (
+from vtpdeploy.deploy.bench.latency_table import cache_path, measure_table
+from vtpdeploy.prune.latency_plan import (
     LatencyTable,
-    cache_path,
     kept_importance,
     latency_report,
-    measure_table,
     plan_for_latency,
     predicted_ms,
 )
-from vtpdeploy.plan import importance_scores
-
-from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
+from vtpdeploy.prune.plan import importance_scores
+from vtpdeploy.prune.profiles import check_plan, constraints_for
 
 MID = dict(embed_dim=192, num_heads=3, depth=2)
 

@@ -12,13 +12,12 @@ import time
 import pytest
 import torch
 import yaml
+from pipeline_helpers import run_cli, write_recipe
 
 import vtpdeploy
 from vtpdeploy.data import DigitsDataset, make_transform
-from vtpdeploy.plan import PrunePlan
-from vtpdeploy.saving import read_spec
-
-from pipeline_helpers import run_cli, write_recipe
+from vtpdeploy.prune.plan import PrunePlan
+from vtpdeploy.prune.saving import read_spec
 
 
 @pytest.fixture(scope="module")

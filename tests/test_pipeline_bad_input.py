@@ -6,8 +6,13 @@ import pickle
 
 import pytest
 import torch
-
-from pipeline_helpers import assert_one_line_error, run_cli, run_cli_inprocess, tree_digest, write_recipe
+from pipeline_helpers import (
+    assert_one_line_error,
+    run_cli,
+    run_cli_inprocess,
+    tree_digest,
+    write_recipe,
+)
 
 
 @pytest.fixture

@@ -7,12 +7,19 @@ import math
 
 import pytest
 import torch
+from conftest import gate_values, make_vit, randomize_gates
 
 import vtpdeploy
-from vtpdeploy import GATE_KINDS, PlanError, PrunePlan, WidthConstraints, add_gates, apply_mask, plan
-from vtpdeploy.gates import iter_gates
-
-from conftest import gate_values, make_vit, randomize_gates
+from vtpdeploy import (
+    GATE_KINDS,
+    PlanError,
+    PrunePlan,
+    WidthConstraints,
+    add_gates,
+    apply_mask,
+    plan,
+)
+from vtpdeploy.prune.gates import iter_gates
 
 DEPTH = 3
 SIZES = {"qkv_in": 48, "attn_v": 48, "mlp_in": 48, "mlp_hidden": 192}

@@ -7,7 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from vtpdeploy.export.readiness import ReadinessError, check_trt_readiness, enforce, model_widths
+from vtpdeploy.deploy.export.readiness import (
+    ReadinessError,
+    check_trt_readiness,
+    enforce,
+    model_widths,
+)
 
 
 def _onnx(tmp_path, op="LayerNormalization", opset=17, batch=1):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vtpdeploy.errors import RecipeError
-from vtpdeploy.recipe import Recipe, dump_recipe, load_recipe
+from vtpdeploy.train.recipe import Recipe, dump_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fixtures.vtpbench_fixtures import tiny_vit
-from vtpdeploy.runners import available_backends, make_runner
+
+from vtpdeploy.deploy.runners import available_backends, make_runner
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    from vtpdeploy.export import export_onnx
+    from vtpdeploy.deploy.export import export_onnx
 
     model = tiny_vit()
     path = tmp_path_factory.mktemp("runners") / "tiny.b2.onnx"
@@ -49,7 +49,7 @@ def test_trt_runner_matches_torch(tiny_onnx, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from vtpdeploy.export.trt_build import build_engine
+    from vtpdeploy.deploy.export.trt_build import build_engine
 
     path, x, ref = tiny_onnx
     engine = tmp_path / "tiny.engine"

@@ -7,13 +7,19 @@ import pickle
 
 import pytest
 import torch
+from conftest import (
+    gate_values,
+    gated_random,
+    image_batch,
+    make_vit,
+    max_diff,
+    randomize_head,
+)
 
 import vtpdeploy
 from vtpdeploy import CheckpointError, add_gates, plan
-from vtpdeploy.gates import GatedLinear, iter_gates
-from vtpdeploy.saving import load_weights, read_state_dict
-
-from conftest import gate_values, gated_random, image_batch, make_vit, max_diff, randomize_head
+from vtpdeploy.prune.gates import GatedLinear, iter_gates
+from vtpdeploy.prune.saving import load_weights, read_state_dict
 
 
 def _roundtrip(model, tmp_path, name="m"):

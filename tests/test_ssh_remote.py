@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fixtures.vtpbench_fixtures import make_run_dir
 
 SSHD = "/usr/sbin/sshd"

@@ -1,4 +1,4 @@
-from vtpdeploy.bench.tegrastats import parse_line, summarize
+from vtpdeploy.deploy.bench.tegrastats import parse_line, summarize
 
 JP5 = ("RAM 4722/7844MB (lfb 1x512kB) SWAP 0/3922MB (cached 0MB) CPU [12%@1420,5%@1420,off,off] EMC_FREQ 0% "
        "GR3D_FREQ 10%@1300 VDD_IN 5139mW/5139mW VDD_CPU_GPU_CV 1001mW/1001mW VDD_SOC 1402mW/1402mW")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import timm
 import torch
 
-from vtpdeploy.recipe import OptimSection
-from vtpdeploy.training import LoopSetup, fit
+from vtpdeploy.train.loop import LoopSetup, fit
+from vtpdeploy.train.recipe import OptimSection
 
 
 def _model():

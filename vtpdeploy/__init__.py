@@ -1,7 +1,5 @@
 """vtpdeploy: VTP pruning of timm Vision Transformers, compiled into real, smaller models."""
 
-from .compact import compact
-from .counting import count
 from .errors import (
     CheckpointError,
     DataError,
@@ -11,9 +9,11 @@ from .errors import (
     UnsupportedModelError,
     VtpError,
 )
-from .gates import GATE_KINDS, add_gates, iter_gates, l1_penalty
-from .plan import PrunePlan, WidthConstraints, apply_mask, plan
-from .saving import load, save
+from .prune.compact import compact
+from .prune.counting import count
+from .prune.gates import GATE_KINDS, add_gates, iter_gates, l1_penalty
+from .prune.plan import PrunePlan, WidthConstraints, apply_mask, plan
+from .prune.saving import load, save
 
 __version__ = "0.1.0"
 

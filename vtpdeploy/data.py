@@ -12,12 +12,54 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DataError
-from .recipe import DataSection
+from .errors import DataError, VtpError
+from .fileio import read_yaml
 
 Split = Literal["train", "val"]
+class DataSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: Literal["digits", "imagefolder", "timm", "synthetic"] = "digits"
+    path: Path | None = Field(None, description="imagefolder root holding train/ and val/; timm: dataset root")
+    dataset: str | None = Field(None, description="timm: a create_dataset name, e.g. 'hfds/imagenet-1k', "
+                                                   "'wds/imagenet-1k', 'torch/cifar10'")
+    train_split: str = Field("train", description="timm: split name of the training set")
+    val_split: str = Field("validation", description="timm: split name of the validation set")
+    batch_size: int = Field(64, gt=0, description="global batch (all ranks, all accumulation steps)")
+    micro_batch_size: int | None = Field(None, gt=0, description="per-rank forward batch; default batch/world")
+    val_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
+    split_seed: int = 0
+    workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    synthetic_size: int = Field(256, gt=0, description="synthetic: images per split")
+    interpolation: str | None = "bilinear"
+    crop_pct: float | None = Field(1.0, gt=0, le=1)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    augment: bool = Field(True, description="random-resized-crop style training augmentation")
+    scale: tuple[float, float] = Field((0.6, 1.0), description="random-resized-crop area range")
+    hflip: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (0 for digits)")
+    auto_augment: str | None = Field(None, description="timm policy, e.g. DeiT's 'rand-m9-mstd0.5-inc1'")
+    reprob: float = Field(0.0, ge=0, le=1, description="random erasing probability (DeiT: 0.25)")
+    mixup: float = Field(0.0, ge=0, description="mixup alpha (DeiT: 0.8); 0 disables")
+    cutmix: float = Field(0.0, ge=0, description="cutmix alpha (DeiT: 1.0); 0 disables")
+
+
+
+def run_data_section(run_dir: str | Path) -> DataSection:
+    """The `data` section of a run dir's resolved recipe.yaml."""
+    path = Path(run_dir) / "recipe.yaml"
+    try:
+        return DataSection.model_validate(read_yaml(path).get("data") or {})
+    except VtpError:
+        raise
+    except Exception as exc:
+        raise VtpError(f"{path}: not a valid recipe data section ({str(exc).splitlines()[0]})") from None
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 

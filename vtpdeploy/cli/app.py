@@ -1,0 +1,107 @@
+"""The `vtpdeploy` command line. Commands only parse arguments and call stage modules.
+
+Each command lives in `vtpdeploy/cli/<name>.py` and exposes `register(app)`; heavy backends
+are imported inside the command functions, so `vtpdeploy --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate")
+
+app = typer.Typer(
+    name="vtpdeploy",
+    help="Prune timm Vision Transformers with VTP and compile them into real, smaller, validated models.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Global options."""
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vtpdeploy.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"vtpdeploy.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def error_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _click_exception_types() -> tuple[tuple, tuple, tuple]:
+    """(exit, abort, usage) exception classes of typer's vendored click and of the click package."""
+    exit_types, abort_types, usage_types = [typer.Exit], [typer.Abort], []
+    try:
+        from typer._click.exceptions import ClickException
+
+        usage_types.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        exit_types.append(click.exceptions.Exit)
+        abort_types.append(click.exceptions.Abort)
+        usage_types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(exit_types), tuple(abort_types), tuple(usage_types)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: known errors print one line and exit 2; `--debug` re-raises them."""
+    from ..errors import VtpError
+
+    exit_types, abort_types, usage_types = _click_exception_types()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=args, prog_name="vtpdeploy", standalone_mode=False)
+    except exit_types as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except abort_types:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except usage_types as exc:
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(0)
+        typer.echo(f"error: {error_line(exc.format_message())}", err=True)
+        sys.exit(2)
+    except VtpError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {error_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: internal error: {type(exc).__name__}: {error_line(exc)} (rerun with --debug)", err=True)
+        sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)

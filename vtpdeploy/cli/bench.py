@@ -1,0 +1,96 @@
+"""`vtpdeploy bench`: interleaved candidate-vs-baseline benchmark (see docs/bench.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        artifacts: list[str] = typer.Argument(..., help="Run dir, saved model, .onnx or TensorRT engine (one or more)."),
+        backend: str = typer.Option("auto", "--backend", help="torch | ort | openvino | trt | auto (comma list allowed)."),
+        device: str = typer.Option("cpu", "--device", help="cpu | cuda | jetson"),
+        host: str = typer.Option(None, "--host", help="USER@HOST: run the bench there over SSH."),
+        port: int = typer.Option(None, "--port", help="SSH port for --host."),
+        remote_cmd: str = typer.Option("python3 -m vtpdeploy", "--remote-cmd", help="How to invoke vtpdeploy on --host."),
+        known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file for --host (env VTPDEPLOY_KNOWN_HOSTS)."),
+        identity: Path = typer.Option(None, "--identity", help="SSH private key for --host (env VTPDEPLOY_SSH_KEY)."),
+        batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8."),
+        baseline: str = typer.Option(None, "--baseline", help="unpruned | TIMM_NAME | PATH | none (default: unpruned for a run dir, else deit_base_patch16_224)."),
+        warmup_s: float = typer.Option(1.0, "--warmup-s", help="Warm-up seconds per model."),
+        duration_s: float = typer.Option(None, "--duration-s", help="Measured seconds per model per batch (default 3)."),
+        iters: int = typer.Option(None, "--iters", help="Measured iterations per model per batch (instead of --duration-s)."),
+        block: int = typer.Option(10, "--block", help="Iterations per interleaved block."),
+        threads: int = typer.Option(None, "--threads", help="torch/ORT/OpenVINO threads (default: all cores)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for inputs and the bootstrap."),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="Where exported ONNX files are cached."),
+        json_out: Path = typer.Option(None, "--json", help="Write the JSON report here."),
+        md: Path = typer.Option(None, "--md", help="Write a Markdown table here."),
+        plot: Path = typer.Option(None, "--plot", help="Write a PNG plot here."),
+        gate: Path = typer.Option(None, "--gate", help="RULES.yaml: exit 1 when a gate fails."),
+        junit: Path = typer.Option(None, "--junit", help="With --gate: write JUnit XML here."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal tables."),
+    ) -> None:
+        """Benchmark ARTIFACTs against a baseline, interleaved, with bootstrap speedup intervals."""
+        from rich.console import Console
+
+        from ..deploy.bench.report import print_tables, write_json, write_markdown
+        from ..deploy.bench.run import parse_batches
+        from ..errors import VtpError
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        parse_batches(batch)  # bad --batch fails before anything else
+        rules = None
+        if gate is not None:
+            from ..deploy.bench.rules import load_rules
+
+            rules = load_rules(gate)  # malformed rules fail before the run
+        if host:
+            from ..deploy.bench.remote import run_remote
+
+            args = ["--backend", backend, "--device", device, "--batch", batch, "--warmup-s", str(warmup_s),
+                    "--block", str(block), "--seed", str(seed), "--quiet"]
+            if duration_s is not None:
+                args += ["--duration-s", str(duration_s)]
+            if iters is not None:
+                args += ["--iters", str(iters)]
+            if threads is not None:
+                args += ["--threads", str(threads)]
+            if duration_s is not None and iters is not None:
+                raise VtpError("give --duration-s or --iters, not both")
+            report = run_remote(host, list(artifacts), args, baseline=baseline, port=port, remote_cmd=remote_cmd,
+                                known_hosts=known_hosts, identity=identity)
+        else:
+            from ..deploy.bench.run import run_bench
+
+            def progress(msg: str) -> None:
+                if not quiet:
+                    console.print(f"[dim]{msg}[/]")
+
+            report = run_bench(artifacts, backend=backend, device=device, batches=batch, baseline=baseline,
+                               warmup_s=warmup_s, duration_s=duration_s, iters=iters, threads=threads,
+                               block_iters=block, seed=seed, cache_dir=cache_dir, progress=progress)
+        if json_out:
+            write_json(report, json_out)
+        if md:
+            write_markdown(report, md)
+        if plot:
+            from ..deploy.bench.plot import write_plot
+
+            write_plot(report, plot)
+        if not quiet:
+            print_tables(report, console)
+        if rules is not None:
+            from ..deploy.bench.rules import evaluate, print_table, write_junit
+
+            results = evaluate(report, rules)
+            print_table(results, console)
+            if junit:
+                write_junit(results, junit)
+            if not all(r.passed for r in results):
+                raise typer.Exit(1)

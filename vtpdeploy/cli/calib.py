@@ -1,0 +1,41 @@
+"""`vtpdeploy calib`: build a reproducible calibration set (.npy + manifest) from a train split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("calib")
+    def calib(
+        source: str = typer.Argument(..., help="run dir (uses its recipe's data section) or an image folder"),
+        out: Path = typer.Option(..., "--out", help="calibration dir to write"),
+        n: int = typer.Option(500, "--n", help="images to draw (~500 for ImageNet-class models)"),
+        seed: int = typer.Option(0, "--seed", help="same seed -> byte-identical set"),
+        split: str = typer.Option("train", "--split", help="split to draw from (train; never val)"),
+        model: Optional[str] = typer.Option(None, "--model", help="image folder: saved model path or timm name for the transform"),
+        input_size: Optional[str] = typer.Option(None, "--input-size", help="image folder: C,H,W with ImageNet defaults"),
+    ) -> None:
+        """Draw N preprocessed train images into CALIB_DIR/calib.npy, labels.npy and manifest.json."""
+        from ..deploy.export.calib import calib_from_source
+        from ..errors import VtpError
+
+        if n < 1:
+            raise VtpError(f"--n must be >= 1, got {n}")
+        size = None
+        if input_size:
+            try:
+                size = tuple(int(v) for v in input_size.split(","))
+            except ValueError:
+                size = ()
+            if len(size) != 3 or min(size) < 1:
+                raise VtpError(f"--input-size {input_size!r}: expected C,H,W like 3,224,224")
+        from ..deploy.export.stage import check_writable
+
+        check_writable(out)
+        manifest = calib_from_source(source, out, n=n, seed=seed, split=split, model=model, input_size=size)
+        typer.echo(f"wrote {manifest['n']} images {manifest['shape'][1:]} to {out / 'calib.npy'} "
+                   f"(sha256 {manifest['files']['calib.npy'][:12]})")

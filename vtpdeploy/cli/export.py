@@ -1,0 +1,86 @@
+"""`vtpdeploy export`: ONNX (fp32/fp16/int8), validation, TensorRT readiness and engine build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export(
+        source: Optional[str] = typer.Argument(None, help="run dir (exports its compact model) or saved model dir/model"),
+        model: Optional[str] = typer.Option(None, "--model", help="timm model name (unpruned baseline, random init)"),
+        which: str = typer.Option("model", "--which", help="run dir: model | unpruned"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output dir (default: RUN/export, else ./export)"),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 8.5/8.6 need <= 17)"),
+        batch: int = typer.Option(1, "--batch", min=1, help="fixed batch size"),
+        dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="symbolic batch dim 'batch'"),
+        simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim (kept only if it validates)"),
+        fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx"),
+        int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (needs --calib)"),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="calibration dir from `vtpdeploy calib`"),
+        calib_method: str = typer.Option("Percentile", "--calib-method", help="MinMax | Percentile | Entropy"),
+        int8_activations: str = typer.Option(
+            "s8", "--int8-activations",
+            help="s8: TensorRT-valid symmetric QDQ (default) | u8: faster on x86 ONNX Runtime/OpenVINO CPU, "
+                 "NOT accepted by TensorRT"),
+        trt: bool = typer.Option(False, "--trt", help="build a TensorRT engine (needs TensorRT)"),
+        check: list[str] = typer.Option([], "--check", help="extra checks: trt (writes trt_report.json)"),
+        trt_target: list[str] = typer.Option([], "--trt-target", help="readiness targets: 8.5, 8.6, 10, 11 (default all)"),
+        strict: bool = typer.Option(False, "--strict", help="readiness warnings fail the export with exit code 1"),
+        atol: float = typer.Option(1e-4, "--atol", help="fp32 ONNX vs PyTorch tolerance on logits"),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch/ORT/OpenVINO"),
+    ) -> None:
+        """Export to ONNX and validate after every transform (exit 2: bad input, 1: --strict checks failed)."""
+        from ..errors import VtpError
+
+        if dynamic_batch and batch != 1:
+            raise VtpError("give either --batch N or --dynamic-batch, not both")
+        bad = [c for c in check if c != "trt"]
+        if bad:
+            raise VtpError(f"--check {bad[0]!r}: only 'trt' is supported")
+        if int8 and calib is None:
+            raise VtpError("--int8 needs --calib CALIB_DIR (build one with `vtpdeploy calib`)")
+        if calib_method not in ("MinMax", "Percentile", "Entropy"):
+            raise VtpError(f"--calib-method {calib_method!r}: choose MinMax, Percentile or Entropy")
+        if int8_activations not in ("s8", "u8"):
+            raise VtpError(f"--int8-activations {int8_activations!r}: choose s8 (TensorRT) or u8 (CPU)")
+        if trt and int8 and int8_activations == "u8":
+            raise VtpError("--trt builds the INT8 engine from model.int8.onnx, and TensorRT rejects u8 activations: "
+                           "use --int8-activations s8")
+        if source is not None and model is not None:
+            raise VtpError("give a SOURCE or --model, not both")
+        if trt:
+            from ..deploy.export.trt_build import require_trt
+
+            require_trt()
+
+        import torch
+
+        from ..deploy.export.config import ExportConfig
+        from ..deploy.export.stage import run_export
+        from ..deploy.sources import load_source
+
+        if threads:
+            torch.set_num_threads(threads)
+        cfg = ExportConfig(enabled=True, opset=opset, batch=batch, dynamic_batch=dynamic_batch, simplify=simplify,
+                           fp16=fp16, int8=int8, calib_method=calib_method, int8_activations=int8_activations, check_trt="trt" in check, trt=trt,
+                           strict=strict, atol=atol)
+        src = load_source(source, timm_name=model, which=which)
+        out_dir = out or ((src.run_dir / "export") if src.run_dir else Path("export"))
+        report = run_export(src, out_dir, cfg, calib_dir=calib, threads=threads, trt_targets=trt_target or None,
+                            log=lambda m: typer.echo(m))
+        for v in report["validations"]:
+            extra = f" (tol {v['atol']:.0e})" if v["atol"] else ""
+            typer.echo(f"  {v['stage']:<16} {v['backend']:<9} max|diff| {v['max_abs_diff']:.3e}{extra}  "
+                       f"top-1 agreement {v['top1_agreement']:.4f}  n={v['n']}")
+        held = report.get("int8", {}).get("heldout")
+        if held:
+            typer.echo(f"  int8 held-out ({held['from']}, n={held['n']}): accuracy fp32 {held['accuracy_fp32']:.4f} "
+                       f"int8 {held['accuracy_int8']:.4f}, agreement {held['top1_agreement']:.4f}")
+        if "trt_report" in report:
+            typer.echo(f"  TensorRT readiness: {report['trt_report']['warnings']} warning(s) -> {out_dir / 'trt_report.json'}")
+        typer.echo(f"wrote {out_dir / 'export.json'}")

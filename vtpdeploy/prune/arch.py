@@ -1,0 +1,118 @@
+"""Architecture records: how to rebuild a timm ViT (name + kwargs) without pickle or network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import UnsupportedModelError
+
+
+class BlockWidths(BaseModel):
+    """Widths of one compact block: kept qkv inputs, V dims per head, kept fc1 inputs, hidden width."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    qkv_in: int
+    v_dims: list[int]
+    mlp_in: int
+    mlp_hidden: int
+
+
+class ArchSpec(BaseModel):
+    """Enough to rebuild the module skeleton; weights come from safetensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = "vtpdeploy-model"
+    version: int = 1
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    gated: bool = False
+    blocks: list[BlockWidths] | None = None  # None: the original timm blocks
+    data_config: dict[str, Any] = Field(default_factory=dict)
+
+
+def create_timm(name: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
+    """timm.create_model with a one-line error for unknown names or bad kwargs."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UnsupportedModelError(f"unknown timm model {name!r}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **(kwargs or {}))
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # timm raises assorted errors for bad kwargs
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnsupportedModelError(f"cannot create {name!r} with {kwargs or {}}: {msg}") from None
+
+
+def infer_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The create_model kwargs that pin this VisionTransformer's shapes."""
+    from timm.layers import LayerScale
+
+    blk = model.blocks[0]
+    fc1 = blk.mlp.fc1.linear if hasattr(blk.mlp.fc1, "linear") else blk.mlp.fc1
+    qkv = blk.attn.qkv.linear if hasattr(blk.attn.qkv, "linear") else blk.attn.qkv
+    pe = model.patch_embed
+    kwargs = {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": pe.proj.in_channels,
+        "num_classes": model.num_classes,
+        "global_pool": model.global_pool,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": blk.attn.num_heads,
+        "mlp_ratio": fc1.out_features / model.embed_dim,
+        "qkv_bias": qkv.bias is not None,
+        "init_values": 1e-5 if isinstance(blk.ls1, LayerScale) else None,
+        "class_token": model.cls_token is not None,
+        "reg_tokens": model.num_reg_tokens,
+        "no_embed_class": model.no_embed_class,
+        "fc_norm": not isinstance(model.fc_norm, nn.Identity),
+        "pre_norm": not isinstance(model.norm_pre, nn.Identity),
+        "dynamic_img_size": bool(getattr(model, "dynamic_img_size", False)),
+    }
+    act = _act_name(blk.mlp.act)
+    if act is not None:
+        kwargs["act_layer"] = act
+    return kwargs
+
+
+def _act_name(act: nn.Module) -> str | None:
+    """timm's name for a non-default MLP activation (None for plain GELU, the ViT default)."""
+    if isinstance(act, nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else None
+    return {nn.ReLU: "relu", nn.SiLU: "silu", nn.Mish: "mish"}.get(type(act))
+
+
+def describe(model: nn.Module) -> ArchSpec:
+    """ArchSpec for a timm ViT created with timm.create_model (gated or plain)."""
+    from timm.data import resolve_data_config
+
+    from .gates import iter_gates
+
+    gated = any(True for _ in iter_gates(model))
+    known = getattr(model, "vtp_spec", None)
+    if isinstance(known, ArchSpec):
+        return known.model_copy(update={"gated": gated}, deep=True)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no timm architecture name; create it with timm.create_model"
+        )
+    data_config = resolve_data_config(model=model)
+    img = model.patch_embed.img_size
+    if img is not None:  # pretrained_cfg keeps the name's default size even when img_size is overridden
+        data_config["input_size"] = (model.patch_embed.proj.in_channels, int(img[0]), int(img[1]))
+    return ArchSpec(
+        name=name,
+        kwargs=infer_kwargs(model),
+        gated=gated,
+        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+    )

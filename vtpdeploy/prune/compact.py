@@ -1,0 +1,227 @@
+"""Compaction: rebuild a gated ViT as a smaller ViT with no gates, from a prune plan.
+
+Pruned dims are removed from the weights; kept gate values (and LayerScale) are folded into the
+adjacent Linear weights. Attention keeps full-width Q/K (VTP gates only touch V) and supports heads
+with uneven V dims (a paper-faithful plan can leave them) by padding V per head inside the kernel
+call and gathering the real columns before proj.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, PlanError
+from .arch import ArchSpec, BlockWidths, create_timm, describe
+from .gates import iter_gates
+from .plan import PrunePlan, apply_mask
+
+
+class CompactAttention(nn.Module):
+    """Self-attention with kept input dims, full Q/K heads and per-head V widths `v_dims`."""
+
+    def __init__(self, dim: int, in_width: int, num_heads: int, head_dim: int, v_dims: list[int], bias: bool):
+        super().__init__()
+        if len(v_dims) != num_heads or sum(v_dims) < 1:
+            raise PlanError(f"attention needs {num_heads} V widths with at least one kept dim, got {v_dims}")
+        self.num_heads, self.head_dim, self.v_dims = num_heads, head_dim, list(v_dims)
+        self.gather_input = in_width != dim
+        self.register_buffer("in_index", torch.arange(in_width), persistent=True)
+        self.qk_width = 2 * num_heads * head_dim
+        self.qkv = nn.Linear(in_width, self.qk_width + sum(v_dims), bias=bias)
+        self.proj = nn.Linear(sum(v_dims), dim)
+        self.uniform_v = len(set(v_dims)) == 1
+        self.max_v = max(v_dims)
+        pad_index, out_index, offset = [], [], 0
+        for h, n in enumerate(v_dims):
+            pad_index += [offset + j if j < n else sum(v_dims) for j in range(self.max_v)]
+            out_index += [h * self.max_v + j for j in range(n)]
+            offset += n
+        # Non-persistent: derived from v_dims, so never out of sync with the weights.
+        self.register_buffer("v_pad_index", torch.tensor(pad_index, dtype=torch.long), persistent=False)
+        self.register_buffer("v_out_index", torch.tensor(out_index, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        if self.gather_input:
+            x = x.index_select(-1, self.in_index)
+        qkv = self.qkv(x)
+        q, k = qkv[..., : self.qk_width].reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        v = qkv[..., self.qk_width :]
+        if not self.uniform_v:
+            v = F.pad(v, (0, 1)).index_select(-1, self.v_pad_index)
+        v = v.reshape(B, N, self.num_heads, self.max_v).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.max_v)
+        if not self.uniform_v:
+            out = out.index_select(-1, self.v_out_index)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, v_dims={self.v_dims}"
+
+
+class CompactMlp(nn.Module):
+    """fc2(act(fc1(x[..., in_index]))) with kept input dims and a pruned hidden width."""
+
+    def __init__(self, dim: int, in_width: int, hidden: int, act: nn.Module, bias: bool = True):
+        super().__init__()
+        self.gather_input = in_width != dim
+        self.register_buffer("in_index", torch.arange(in_width), persistent=True)
+        self.fc1 = nn.Linear(in_width, hidden, bias=bias)
+        self.act = act
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gather_input:
+            x = x.index_select(-1, self.in_index)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CompactBlock(nn.Module):
+    """Pre-norm transformer block; LayerScale is folded into proj/fc2."""
+
+    def __init__(self, dim: int, widths: BlockWidths, num_heads: int, head_dim: int, qkv_bias: bool,
+                 norm1: nn.Module, norm2: nn.Module, act: nn.Module):
+        super().__init__()
+        self.norm1 = norm1
+        self.attn = CompactAttention(dim, widths.qkv_in, num_heads, head_dim, widths.v_dims, qkv_bias)
+        self.norm2 = norm2
+        self.mlp = CompactMlp(dim, widths.mlp_in, widths.mlp_hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def build(spec: ArchSpec) -> nn.Module:
+    """An untrained module skeleton for `spec` (random init; load weights afterwards)."""
+    from .gates import add_gates
+
+    model = create_timm(spec.name, spec.kwargs)
+    if spec.blocks is not None:
+        if len(spec.blocks) != len(model.blocks):
+            raise CheckpointError(f"architecture lists {len(spec.blocks)} blocks, model has {len(model.blocks)}")
+        model.blocks = nn.Sequential(*[_skeleton_block(model, i, w) for i, w in enumerate(spec.blocks)])
+    elif spec.gated:
+        add_gates(model)
+    model.vtp_spec = spec.model_copy(deep=True)
+    return model
+
+
+def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths) -> CompactBlock:
+    ref = model.blocks[index]
+    attn = ref.attn
+    qkv = attn.qkv.linear if hasattr(attn.qkv, "linear") else attn.qkv
+    return CompactBlock(
+        dim=model.embed_dim,
+        widths=widths,
+        num_heads=attn.num_heads,
+        head_dim=attn.head_dim,
+        qkv_bias=qkv.bias is not None,
+        norm1=copy.deepcopy(ref.norm1),
+        norm2=copy.deepcopy(ref.norm2),
+        act=copy.deepcopy(ref.mlp.act),
+    )
+
+
+def widths_from_plan(plan: PrunePlan) -> list[BlockWidths]:
+    return [
+        BlockWidths(
+            qkv_in=len(plan.gate(b, "qkv_in").kept),
+            v_dims=plan.v_dims_per_head(b),
+            mlp_in=len(plan.gate(b, "mlp_in").kept),
+            mlp_hidden=len(plan.gate(b, "mlp_hidden").kept),
+        )
+        for b in range(plan.num_blocks)
+    ]
+
+
+def _layer_scale(module: nn.Module, dim: int, like: torch.Tensor) -> torch.Tensor:
+    gamma = getattr(module, "gamma", None)
+    return gamma.detach() if gamma is not None else torch.ones(dim, dtype=like.dtype, device=like.device)
+
+
+@torch.no_grad()
+def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str) -> dict[str, torch.Tensor]:
+    attn, mlp = block.attn, block.mlp
+    dim = attn.proj.linear.out_features
+    A = attn.num_heads * attn.head_dim
+
+    def kept(kind: str, device) -> torch.Tensor:
+        return torch.tensor(plan.gate(b, kind).kept, dtype=torch.long, device=device)
+
+    state: dict[str, torch.Tensor] = {}
+    # qkv: keep gated input columns (gate folded), all Q/K rows, kept V rows.
+    qkv = attn.qkv.linear
+    k_in = kept("qkv_in", qkv.weight.device)
+    k_v = kept("attn_v", qkv.weight.device)
+    rows = torch.cat([torch.arange(2 * A, device=k_v.device), 2 * A + k_v])
+    w = qkv.weight[:, k_in] * attn.qkv.gate[k_in]
+    state[f"{prefix}attn.in_index"] = k_in.cpu()
+    state[f"{prefix}attn.qkv.weight"] = w[rows]
+    if qkv.bias is not None:
+        state[f"{prefix}attn.qkv.bias"] = qkv.bias[rows]
+    # proj: kept V columns with the attn_v gate folded; LayerScale folded into rows.
+    proj = attn.proj.linear
+    g1 = _layer_scale(block.ls1, dim, proj.weight)
+    state[f"{prefix}attn.proj.weight"] = g1[:, None] * proj.weight[:, k_v] * attn.proj.gate[k_v]
+    state[f"{prefix}attn.proj.bias"] = g1 * proj.bias if proj.bias is not None else torch.zeros_like(g1)
+    # MLP
+    fc1, fc2 = mlp.fc1.linear, mlp.fc2.linear
+    k_mi = kept("mlp_in", fc1.weight.device)
+    k_h = kept("mlp_hidden", fc1.weight.device)
+    state[f"{prefix}mlp.in_index"] = k_mi.cpu()
+    state[f"{prefix}mlp.fc1.weight"] = (fc1.weight[:, k_mi] * mlp.fc1.gate[k_mi])[k_h]
+    state[f"{prefix}mlp.fc1.bias"] = fc1.bias[k_h]
+    g2 = _layer_scale(block.ls2, dim, fc2.weight)
+    state[f"{prefix}mlp.fc2.weight"] = g2[:, None] * fc2.weight[:, k_h] * mlp.fc2.gate[k_h]
+    state[f"{prefix}mlp.fc2.bias"] = g2 * fc2.bias
+    for name in ("norm1", "norm2"):
+        for pname, p in getattr(block, name).state_dict().items():
+            state[f"{prefix}{name}.{pname}"] = p
+    return state
+
+
+def _check_compactable(model: nn.Module) -> None:
+    from timm.layers import Mlp
+
+    for i, block in enumerate(model.blocks):
+        mlp = block.mlp
+        if not isinstance(mlp, Mlp) or mlp.fc1.linear.bias is None or block.attn.proj.linear.bias is None:
+            raise PlanError(f"block {i}: compaction needs biased fc1/fc2/proj layers")
+
+
+@torch.no_grad()
+def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
+    """A new, gate-free module in which every pruned dim is physically removed.
+
+    Its outputs equal those of `apply_mask(copy_of_model, plan)`; the original model is unchanged.
+    """
+    if not any(True for _ in iter_gates(model)):
+        raise PlanError("compact needs a gated model (add_gates, then plan)")
+    plan.check_fits(model)
+    _check_compactable(model)
+    spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan)})
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for b, block in enumerate(model.blocks):
+        state.update(_compact_block_state(block, plan, b, f"blocks.{b}."))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    new = build(spec).to(device=device, dtype=dtype)
+    new.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+    return new.train(model.training)
+
+
+@torch.no_grad()
+def compact_validated(model: nn.Module, plan: PrunePlan, sample: torch.Tensor, atol: float = 1e-4) -> tuple[nn.Module, float]:
+    """compact() followed by a check against the hard-mask model; returns (model, max |Δlogit|)."""
+    from .numerics import assert_close
+
+    masked = apply_mask(copy.deepcopy(model), plan).eval()
+    small = compact(model, plan).eval()
+    diff = assert_close(masked(sample), small(sample), atol, "compact vs hard-mask model")
+    return small, diff

@@ -1,0 +1,214 @@
+"""Latency-guided planning: widths that meet a latency budget while keeping the most importance.
+
+Greedy: start from the full model; repeatedly take one feasible step down (under the hardware
+constraints) on the gate whose removed dims cost the least importance per predicted millisecond
+saved, until the table predicts `target_ms` or less. The result is an ordinary PrunePlan, so
+`compact()` / `save()` / export work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import PlanError, VtpError
+from ..fileio import atomic_write_text
+from .gates import GATE_KINDS, check_supported
+from .plan import GatePlan, PrunePlan, WidthConstraints, importance_scores
+from .widths import _Gate, select_kept
+
+
+class Grid(BaseModel):
+    """ms[i][j] = latency at (a[i], b[j])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    a: list[int]
+    b: list[int]
+    ms: list[list[float]]
+
+    def at(self, x: float, y: float) -> float:
+        return float(_bilinear(self.a, self.b, self.ms, x, y))
+
+
+def _bilinear(a, b, ms, x, y) -> float:
+    """Bilinear interpolation on the grid, clamped to its edges (scipy's RegularGridInterpolator)."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    values = np.asarray(ms, dtype=float)
+    axes, point = [], []
+    for axis, v, dim in ((a, x, 0), (b, y, 1)):
+        if len(axis) == 1:  # a one-point axis: constant along it
+            values = values.take([0, 0], axis=dim)
+            axis = [axis[0], axis[0] + 1]
+        axes.append(np.asarray(axis, dtype=float))
+        point.append(min(max(float(v), axes[-1][0]), axes[-1][-1]))
+    return float(RegularGridInterpolator(axes, values, method="linear")([point])[0])
+
+
+class LatencyTable(BaseModel):
+    """Per-part latency grids for one model shape on one device/backend (ms per forward of the part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["vtpdeploy-latency"] = "vtpdeploy-latency"
+    version: int = 1
+    key: dict
+    depth: int
+    num_heads: int
+    head_dim: int
+    attn: Grid = Field(description="a: qkv_in width, b: per-head V width")
+    mlp: Grid = Field(description="a: mlp_in width, b: hidden width")
+    stem_ms: float
+    created: str = ""
+    measurements: int = 0
+
+    # -- prediction ---------------------------------------------------------------------
+    def attn_ms(self, qkv_in: float, v_per_head: float) -> float:
+        return self.attn.at(qkv_in, v_per_head)
+
+    def mlp_ms(self, mlp_in: float, hidden: float) -> float:
+        return self.mlp.at(mlp_in, hidden)
+
+    def block_ms(self, qkv_in: float, v_total: float, mlp_in: float, hidden: float) -> float:
+        return self.attn_ms(qkv_in, v_total / self.num_heads) + self.mlp_ms(mlp_in, hidden)
+
+    def predict_widths(self, widths) -> float:
+        """Predicted model latency for a list of `arch.BlockWidths` (or 4-tuples in GATE_KINDS order)."""
+        total = self.stem_ms
+        for w in widths:
+            if hasattr(w, "qkv_in"):
+                total += self.block_ms(w.qkv_in, sum(w.v_dims), w.mlp_in, w.mlp_hidden)
+            else:
+                total += self.block_ms(*w)
+        return total
+
+    def predict_plan(self, plan) -> float:
+        from .compact import widths_from_plan
+
+        return self.predict_widths(widths_from_plan(plan))
+
+    def full_ms(self) -> float:
+        return self.stem_ms + self.depth * (self.attn.ms[-1][-1] + self.mlp.ms[-1][-1])
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        path = Path(path)
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise VtpError(f"{path}: latency table not found") from None
+        except Exception as exc:
+            raise VtpError(f"{path}: not a latency table ({str(exc).splitlines()[0][:160]})") from None
+
+
+
+def _block_ms(table: LatencyTable, gates: dict, b: int, part: str) -> float:
+    if part == "attn":
+        return table.attn_ms(gates[(b, "qkv_in")].count, gates[(b, "attn_v")].count / table.num_heads)
+    return table.mlp_ms(gates[(b, "mlp_in")].count, gates[(b, "mlp_hidden")].count)
+
+
+_PART = {"qkv_in": "attn", "attn_v": "attn", "mlp_in": "mlp", "mlp_hidden": "mlp"}
+
+
+def plan_for_latency(
+    model: nn.Module,
+    target_ms: float,
+    table: LatencyTable,
+    constraints: WidthConstraints | None = None,
+    importance: str = "gate",
+) -> PrunePlan:
+    """A plan whose predicted latency (by `table`) is ≤ `target_ms`, greedy on importance per ms.
+
+    Raises PlanError when even the narrowest feasible widths are predicted slower than the target.
+    The plan's `rate` is the realised gated-dim rate; `predicted_ms(plan, table)` gives its latency.
+    """
+    if target_ms <= 0:
+        raise PlanError(f"target latency must be > 0 ms, got {target_ms}")
+    check_supported(model)
+    constraints = constraints or WidthConstraints()
+    attn = model.blocks[0].attn
+    heads, hd = attn.num_heads, attn.head_dim
+    if table.num_heads != heads or table.head_dim != hd or table.depth != len(model.blocks) \
+            or table.key.get("embed_dim") != model.embed_dim:
+        raise PlanError("latency table was measured for a different model shape")
+    scores = importance_scores(model, importance)
+    gates = {k: _Gate(s, k[1], constraints, heads, hd) for k, s in scores.items()}
+    for g in gates.values():
+        g.i = len(g.choices) - 1
+    depth = len(model.blocks)
+    part_ms = {(b, p): _block_ms(table, gates, b, p) for b in range(depth) for p in ("attn", "mlp")}
+    predicted = table.stem_ms + sum(part_ms.values())
+    while predicted > target_ms:
+        best = None
+        for k, g in gates.items():
+            move = g.down()
+            if move is None:
+                continue
+            step, mean = move
+            b, part = k[0], _PART[k[1]]
+            g.i -= 1
+            new = _block_ms(table, gates, b, part)
+            g.i += 1
+            saved = part_ms[(b, part)] - new
+            if saved <= 1e-9:
+                continue
+            cost = max(mean, 0.0) * step / saved  # importance lost per ms saved
+            if best is None or (cost, k) < best[:2]:
+                best = (cost, k, new)
+        if best is None:
+            raise PlanError(f"target {target_ms:.3f} ms is not reachable: the narrowest feasible widths are "
+                            f"predicted at {predicted:.3f} ms on {table.key.get('backend')}")
+        _, k, new = best
+        gates[k].i -= 1
+        b, part = k[0], _PART[k[1]]
+        predicted += new - part_ms[(b, part)]
+        part_ms[(b, part)] = new
+
+    gate_plans = []
+    for (b, kind) in sorted(scores, key=lambda k: (k[0], GATE_KINDS.index(k[1]))):
+        kept = select_kept(scores[(b, kind)], gates[(b, kind)].count, kind, constraints, heads, hd)
+        gate_plans.append(GatePlan(block=b, kind=kind, size=scores[(b, kind)].numel(), kept=kept))
+    total = sum(g.size for g in gate_plans)
+    kept_n = sum(len(g.kept) for g in gate_plans)
+    plan = PrunePlan(rate=round(1.0 - kept_n / total, 6), scope="global", importance=importance, num_heads=heads,
+                     head_dim=hd, thresholds={"target_ms": float(target_ms), "predicted_ms": float(predicted)},
+                     constraints=constraints.model_copy(deep=True), gates=gate_plans)
+    plan.check_consistent()
+    return plan
+
+
+def predicted_ms(plan: PrunePlan, table: LatencyTable) -> float:
+    return table.predict_plan(plan)
+
+
+def kept_importance(plan: PrunePlan, scores: dict[tuple[int, str], torch.Tensor]) -> float:
+    return float(sum(scores[(g.block, g.kind)][g.kept].sum() for g in plan.gates))
+
+
+def latency_report(plan: PrunePlan, table: LatencyTable, measured_ms: float | None) -> dict:
+    """Predicted vs measured latency for a latency-guided plan."""
+    pred = table.predict_plan(plan)
+    return {
+        "target_ms": plan.thresholds.get("target_ms"),
+        "predicted_ms": round(pred, 4),
+        "measured_ms": round(measured_ms, 4) if measured_ms is not None else None,
+        "error_pct": round(100.0 * (measured_ms - pred) / pred, 2) if measured_ms else None,
+        "full_predicted_ms": round(table.full_ms(), 4),
+        "realised_rate": round(plan.realised_rate, 6),
+        "backend": table.key.get("backend"),
+        "batch": table.key.get("batch"),
+    }

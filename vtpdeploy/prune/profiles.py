@@ -1,0 +1,192 @@
+"""Hardware profiles: width constraints that make saved MACs real latency on a target runtime.
+
+    from vtpdeploy.prune.profiles import constraints_for, plan_for_hardware, check_plan, check_model
+    c = constraints_for("cpu")                       # a WidthConstraints with profile="cpu"
+    p = plan_for_hardware(gated_model, 0.4, "cpu")  # == plan(..., constraints=c)
+    assert not check_plan(p, c) and not check_model(compact(gated_model, p), c)
+
+| profile       | round_to (qkv_in / V per head / mlp_in / mlp_hidden) | V heads aligned | allowed V head dims | min widths (qkv_in, mlp_in, mlp_hidden) |
+|---------------|-------------------------------------------------------|-----------------|---------------------|------------------------------------------|
+| `none`        | 1 / 1 / 1 / 1 (paper-faithful)                        | no              | any                 | 1                                        |
+| `cpu`         | 16 / 8 / 16 / 32 (AVX-512 fp32 = 16 lanes)            | yes             | multiples of 8      | 32, 32, 64                               |
+| `gpu-fp16`    | 8 / 8 / 8 / 64 (tensor cores, fused MHA %8)           | yes             | 16..256, %8         | 64, 64, 128                              |
+| `gpu-int8`    | 32 / 16 / 32 / 64 (INT8 tensor-core tiles)            | yes             | {16, 32, 64}        | 64, 64, 128                              |
+| `jetson-orin` | 32 / 16 / 32 / 64 (Orin GPU/DLA INT8)                 | yes             | {16, 32, 64}        | 64, 64, 128                              |
+
+TensorRT fused-MHA limits the profiles encode: FP16 head dim % 8 == 0 and 16 ≤ d ≤ 256; INT8 head dim
+∈ {16, 32, 64} and sequence length ≤ 512. VTP prunes only V dims (Q/K keep the model's head dim), so
+the per-head *V* dim is what a plan changes; `check_model` also checks the unpruned Q/K head dim
+against the same limits (DeiT's 64 passes every profile). Some fused kernels further need
+d_v == d_qk; then a pruned V head falls back to the unfused path — measure (vtpdeploy bench).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from ..errors import PlanError
+from .plan import PrunePlan, WidthConstraints
+
+_FP16_HEAD_DIMS = list(range(16, 257, 8))
+_INT8_HEAD_DIMS = [16, 32, 64]
+
+PROFILES: dict[str, WidthConstraints] = {
+    "none": WidthConstraints(profile="none"),
+    "cpu": WidthConstraints(
+        profile="cpu",
+        round_to={"qkv_in": 16, "attn_v": 8, "mlp_in": 16, "mlp_hidden": 32},
+        head_aligned_v=True,
+        v_head_dims=None,
+        min_width={"qkv_in": 32, "mlp_in": 32, "mlp_hidden": 64},
+    ),
+    "gpu-fp16": WidthConstraints(
+        profile="gpu-fp16",
+        round_to={"qkv_in": 8, "attn_v": 8, "mlp_in": 8, "mlp_hidden": 64},
+        head_aligned_v=True,
+        v_head_dims=_FP16_HEAD_DIMS,
+        min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
+    ),
+    "gpu-int8": WidthConstraints(
+        profile="gpu-int8",
+        round_to={"qkv_in": 32, "attn_v": 16, "mlp_in": 32, "mlp_hidden": 64},
+        head_aligned_v=True,
+        v_head_dims=_INT8_HEAD_DIMS,
+        min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
+    ),
+    "jetson-orin": WidthConstraints(
+        profile="jetson-orin",
+        round_to={"qkv_in": 32, "attn_v": 16, "mlp_in": 32, "mlp_hidden": 64},
+        head_aligned_v=True,
+        v_head_dims=_INT8_HEAD_DIMS,
+        min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
+    ),
+}
+
+DEFAULT_PROFILE = "cpu"
+
+# Runtime limits checked on the compact model (not expressible as WidthConstraints fields).
+LIMITS: dict[str, dict] = {
+    "none": {},
+    "cpu": {},
+    "gpu-fp16": {"qk_head_dims": _FP16_HEAD_DIMS},
+    "gpu-int8": {"qk_head_dims": _INT8_HEAD_DIMS, "max_seq": 512},
+    "jetson-orin": {"qk_head_dims": _INT8_HEAD_DIMS, "max_seq": 512},
+}
+
+NOTES: dict[str, str] = {
+    "none": "paper-faithful: exact global threshold, uneven V heads (padded per head at run time)",
+    "cpu": "x86 ORT/OpenVINO: AVX-512-friendly multiples, equal V heads (no pad/gather)",
+    "gpu-fp16": "TensorRT FP16: multiples of 8, fused MHA head dims 16..256 (%8)",
+    "gpu-int8": "TensorRT INT8: multiples of 32, fused MHA head dims {16,32,64}, seq <= 512",
+    "jetson-orin": "Jetson Orin TensorRT INT8: as gpu-int8",
+}
+
+
+def profile_names() -> list[str]:
+    return list(PROFILES)
+
+
+def constraints_for(name: str | None) -> WidthConstraints:
+    """The WidthConstraints of profile `name` (a fresh copy); PlanError naming the valid ones otherwise."""
+    key = "none" if name is None else str(name).strip().lower()
+    if key not in PROFILES:
+        raise PlanError(f"unknown hardware profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[key].model_copy(deep=True)
+
+
+def plan_for_hardware(model: nn.Module, rate: float, profile: str | WidthConstraints = DEFAULT_PROFILE,
+                      scope: str = "global", importance: str = "gate") -> PrunePlan:
+    """Plan at `rate` under a profile, with the total-rate correction of `widths.allocate`.
+
+    Plans paper-faithfully first (profile `none`), then re-allocates the kept counts under the profile,
+    so it works whether or not `plan()` already calls `allocate` (same result in both cases).
+    """
+    from .plan import importance_scores, plan
+    from .widths import constrain_plan
+
+    constraints = profile if isinstance(profile, WidthConstraints) else constraints_for(profile)
+    base = plan(model, rate, scope=scope, importance=importance, constraints=WidthConstraints())
+    if constraints.profile == "none" and constraints == WidthConstraints():
+        return base
+    return constrain_plan(base, importance_scores(model, importance), constraints)
+
+
+def _allowed_v(c: WidthConstraints, head_dim: int) -> list[int] | None:
+    if c.v_head_dims:
+        return [d for d in c.v_head_dims if d <= head_dim] or [head_dim]
+    return None
+
+
+def check_plan(plan: PrunePlan, constraints: WidthConstraints | None = None) -> list[str]:
+    """Violations of `constraints` (default: the plan's own) in `plan`; [] when it complies."""
+    from .widths import feasible_counts
+
+    c = constraints or plan.constraints
+    bad = []
+    for g in plan.gates:
+        n = len(g.kept)
+        if n not in feasible_counts(g.kind, g.size, c, plan.num_heads, plan.head_dim):
+            bad.append(f"{g.name}: kept {n} of {g.size} is not a feasible width for profile {c.profile}")
+    if c.head_aligned_v or c.v_head_dims:
+        for b in range(plan.num_blocks):
+            bad += _check_v(f"blocks.{b}", plan.v_dims_per_head(b), c, plan.head_dim)
+    return bad
+
+
+def _check_v(where: str, v: list[int], c: WidthConstraints, head_dim: int) -> list[str]:
+    bad = []
+    if len(set(v)) != 1:
+        bad.append(f"{where}: V dims per head {v} are not head-aligned")
+    m = c.round_to.get("attn_v", 1)
+    allowed = _allowed_v(c, head_dim)
+    for d in set(v):
+        if allowed is not None and d not in allowed:
+            bad.append(f"{where}: V head dim {d} not in {allowed}")
+        if allowed is None and d % m and d != head_dim:
+            bad.append(f"{where}: V head dim {d} is not a multiple of {m}")
+    return bad
+
+
+def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | None = None) -> list[str]:
+    """Violations of a profile in a compact model (widths, head dims incl. unpruned Q/K, sequence)."""
+    from .compact import CompactAttention, CompactMlp
+
+    c = constraints
+    limits = LIMITS.get(c.profile, {})
+    bad = []
+    dim = getattr(model, "embed_dim", None)
+    for i, blk in enumerate(model.blocks):
+        attn, mlp = blk.attn, blk.mlp
+        if not isinstance(attn, CompactAttention) or not isinstance(mlp, CompactMlp):
+            continue  # an unpruned block: full widths are always allowed
+        widths = {"qkv_in": attn.qkv.in_features, "mlp_in": mlp.fc1.in_features, "mlp_hidden": mlp.fc1.out_features}
+        sizes = {"qkv_in": dim, "mlp_in": dim, "mlp_hidden": None}
+        for kind, w in widths.items():
+            m, lo = c.round_to.get(kind, 1), c.min_for(kind)
+            full = sizes[kind]
+            if w % m and w != full:
+                bad.append(f"blocks.{i}.{kind}: width {w} is not a multiple of {m}")
+            if w < lo and w != full:
+                bad.append(f"blocks.{i}.{kind}: width {w} below the minimum {lo}")
+        if c.head_aligned_v or c.v_head_dims:
+            bad += _check_v(f"blocks.{i}", list(attn.v_dims), c, attn.head_dim)
+        qk = limits.get("qk_head_dims")
+        if qk is not None and attn.head_dim not in qk:
+            bad.append(f"blocks.{i}: Q/K head dim {attn.head_dim} not in the fused-MHA set for {c.profile}")
+    max_seq = limits.get("max_seq")
+    if max_seq is not None:
+        if tokens is None:
+            pe = getattr(model, "patch_embed", None)
+            n = getattr(pe, "num_patches", None)
+            tokens = (n + getattr(model, "num_prefix_tokens", 1)) if n else None
+        if tokens is not None and tokens > max_seq:
+            bad.append(f"sequence length {tokens} exceeds {max_seq} (INT8 fused MHA)")
+    return bad
+
+
+def describe_profiles() -> list[Mapping]:
+    """One row per profile (for docs and `--hardware` help)."""
+    return [{"profile": n, **PROFILES[n].model_dump(exclude={"profile"}), "limits": LIMITS[n], "note": NOTES[n]}
+            for n in PROFILES]

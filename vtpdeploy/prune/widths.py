@@ -1,0 +1,246 @@
+"""Kept widths under hardware constraints: feasible counts, rate-preserving allocation, kept indices.
+
+Three steps turn importance scores into a hardware-friendly plan:
+
+1. `feasible_counts` — the kept counts a gate may have under a `WidthConstraints` (multiples of
+   `round_to[kind]`, at least `min_width[kind]`, the full width always allowed; for `attn_v` with
+   head alignment: `num_heads × d` where `d` is a per-head V width that is a multiple of
+   `round_to["attn_v"]` or, with `v_head_dims`, one of those).
+2. `allocate` — given the threshold's per-gate kept counts (one global τ, or one per group), pick a
+   feasible count for every gate so that the group's total stays as close as possible to the
+   unconstrained total: round each gate to its nearest feasible count, then add/remove one step on
+   the gate whose marginal dims score best/worst while that brings the total closer, then swap
+   equal-sized steps from low- to high-scoring gates while that raises the kept importance. Plain
+   per-gate rounding drifts: with a global τ, most gates are near-full or near-empty, and rounding
+   "to nearest" is biased by the clamps at both ends; the correction removes the drift.
+3. `select_kept` — the kept indices of one gate: its best-scoring dims (per head for aligned V).
+
+`min_width[kind]` is a total per gate; for head-aligned `attn_v` the per-head minimum is
+`ceil(min_width["attn_v"] / num_heads)` and `round_to["attn_v"]` is the per-head multiple.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+
+from .plan import WidthConstraints
+
+Key = tuple[int, str]
+
+
+def _aligned_v(kind: str, constraints: WidthConstraints) -> bool:
+    return kind == "attn_v" and bool(constraints.head_aligned_v or constraints.v_head_dims)
+
+
+def is_trivial(constraints: WidthConstraints) -> bool:
+    """True when only minimum widths apply (the paper-faithful `none` profile)."""
+    return (
+        all(m <= 1 for m in constraints.round_to.values())
+        and not constraints.head_aligned_v
+        and not constraints.v_head_dims
+    )
+
+
+def per_head_choices(constraints: WidthConstraints, num_heads: int, head_dim: int) -> list[int]:
+    """Allowed per-head V widths for head-aligned `attn_v`, ascending (never empty)."""
+    if constraints.v_head_dims:
+        allowed = sorted({int(d) for d in constraints.v_head_dims if 0 < d <= head_dim})
+        return allowed or [head_dim]
+    m = max(1, constraints.round_to.get("attn_v", 1))
+    lo = max(1, -(-constraints.min_for("attn_v") // num_heads))
+    lo = min(lo, head_dim)
+    first = -(-lo // m) * m
+    return sorted(set(range(first, head_dim + 1, m)) | {head_dim})
+
+
+def feasible_counts(kind: str, size: int, constraints: WidthConstraints, num_heads: int, head_dim: int) -> list[int]:
+    """Every kept count a gate of `size` dims may take, ascending (never empty; always ends at `size`
+    unless aligned V dims forbid the full width)."""
+    if _aligned_v(kind, constraints):
+        return [d * num_heads for d in per_head_choices(constraints, num_heads, head_dim)]
+    m = max(1, constraints.round_to.get(kind, 1))
+    lo = min(size, constraints.min_for(kind))
+    first = -(-lo // m) * m
+    return sorted(set(range(first, size + 1, m)) | {size})
+
+
+def nearest(choices: Sequence[int], n: int) -> int:
+    """The choice closest to `n`; ties go to the larger (keeps more)."""
+    return min(choices, key=lambda c: (abs(c - n), -c))
+
+
+class _Gate:
+    """One gate's feasible counts and the importance kept at each of them."""
+
+    def __init__(self, scores: torch.Tensor, kind: str, constraints: WidthConstraints, num_heads: int, head_dim: int):
+        s = scores.detach().float().cpu()
+        self.choices = feasible_counts(kind, s.numel(), constraints, num_heads, head_dim)
+        if _aligned_v(kind, constraints):
+            per_head = s.reshape(num_heads, head_dim).sort(dim=1, descending=True).values
+            cum = torch.cat([torch.zeros(num_heads, 1), per_head.cumsum(dim=1)], dim=1).sum(dim=0)
+            self.value = {c: float(cum[c // num_heads]) for c in self.choices}
+        else:
+            cum = torch.cat([torch.zeros(1), s.sort(descending=True).values.cumsum(0)])
+            self.value = {c: float(cum[c]) for c in self.choices}
+        self.i = 0
+
+    @property
+    def count(self) -> int:
+        return self.choices[self.i]
+
+    def up(self) -> tuple[int, float] | None:
+        """(step, mean score of the added dims) for one step up, or None at the top."""
+        if self.i + 1 >= len(self.choices):
+            return None
+        a, b = self.choices[self.i], self.choices[self.i + 1]
+        return b - a, (self.value[b] - self.value[a]) / (b - a)
+
+    def down(self) -> tuple[int, float] | None:
+        if self.i == 0:
+            return None
+        a, b = self.choices[self.i - 1], self.choices[self.i]
+        return b - a, (self.value[b] - self.value[a]) / (b - a)
+
+
+def allocate(
+    counts: Mapping[Key, int],
+    scores: Mapping[Key, torch.Tensor],
+    constraints: WidthConstraints,
+    num_heads: int,
+    head_dim: int,
+    groups: Iterable[Sequence[Key]] | None = None,
+    max_swaps: int | None = None,
+) -> dict[Key, int]:
+    """Feasible kept counts whose total per group is as close as possible to `counts`' total.
+
+    `counts`: the threshold's kept count per gate; `groups`: the plan's scope groups (one list of
+    keys for `global`, one per kind / per gate otherwise; default: one group). With trivial
+    constraints (profile `none`) only the minimum widths are applied, so the plan stays paper-faithful.
+    Guarantee: within a group, |Σ allocated − Σ counts| ≤ s/2 where s is the smallest step of a
+    gate that is not at its own bound, and no single step would bring the total closer.
+    """
+    keys_all = list(counts)
+    groups = [list(g) for g in groups] if groups is not None else [keys_all]
+    out: dict[Key, int] = {}
+    for keys in groups:
+        gates = {k: _Gate(scores[k], k[1], constraints, num_heads, head_dim) for k in keys}
+        for k, g in gates.items():
+            g.i = g.choices.index(nearest(g.choices, int(counts[k])))
+        if not is_trivial(constraints):
+            _correct_total(gates, sum(int(counts[k]) for k in keys))
+            _swap_for_importance(gates, max_swaps if max_swaps is not None else 20 * len(keys) + 100)
+        out.update({k: g.count for k, g in gates.items()})
+    return out
+
+
+def _correct_total(gates: dict[Key, _Gate], target: int) -> None:
+    total = sum(g.count for g in gates.values())
+    while total != target:
+        gap = target - total
+        best: tuple[float, Key] | None = None
+        for k, g in gates.items():
+            move = g.up() if gap > 0 else g.down()
+            if move is None or move[0] >= 2 * abs(gap):  # must strictly shrink |gap|
+                continue
+            step, mean = move
+            rank = -mean if gap > 0 else mean  # up: best-scoring first; down: worst-scoring first
+            if best is None or (rank, k) < best:
+                best = (rank, k)
+        if best is None:
+            return
+        g = gates[best[1]]
+        before = g.count
+        g.i += 1 if gap > 0 else -1
+        total += g.count - before
+
+
+def _swap_for_importance(gates: dict[Key, _Gate], max_swaps: int) -> None:
+    """Move one step from the gate with the worst marginal dims to the best, for equal steps."""
+    for _ in range(max_swaps):
+        ups: dict[int, tuple[float, Key]] = {}
+        downs: dict[int, tuple[float, Key]] = {}
+        for k, g in gates.items():
+            u, d = g.up(), g.down()
+            if u is not None and (u[0] not in ups or u[1] > ups[u[0]][0]):
+                ups[u[0]] = (u[1], k)
+            if d is not None and (d[0] not in downs or d[1] < downs[d[0]][0]):
+                downs[d[0]] = (d[1], k)
+        best = None
+        for step, (up_mean, ku) in ups.items():
+            if step in downs:
+                down_mean, kd = downs[step]
+                gain = (up_mean - down_mean) * step
+                if ku != kd and gain > 1e-9 * max(1.0, abs(up_mean)) and (best is None or gain > best[0]):
+                    best = (gain, ku, kd)
+        if best is None:
+            return
+        gates[best[1]].i += 1
+        gates[best[2]].i -= 1
+
+
+def _top(scores: torch.Tensor, n: int) -> list[int]:
+    order = torch.argsort(scores, descending=True, stable=True)
+    return sorted(int(i) for i in order[:n])
+
+
+def select_kept(
+    scores: torch.Tensor,
+    n_keep: int,
+    kind: str,
+    constraints: WidthConstraints,
+    num_heads: int,
+    head_dim: int,
+) -> list[int]:
+    """The best-scoring dims of one gate, `n_keep` moved to the nearest feasible count.
+
+    Head-aligned `attn_v`: every head keeps the same number of V dims, ranked within each head.
+    """
+    size = scores.numel()
+    n = nearest(feasible_counts(kind, size, constraints, num_heads, head_dim), int(n_keep))
+    if _aligned_v(kind, constraints):
+        per_head = n // num_heads
+        kept: list[int] = []
+        for h in range(num_heads):
+            head_scores = scores[h * head_dim : (h + 1) * head_dim]
+            kept += [h * head_dim + i for i in _top(head_scores, per_head)]
+        return sorted(kept)
+    return _top(scores, n)
+
+
+def constrain_plan(plan, scores: Mapping[Key, torch.Tensor], constraints: WidthConstraints):
+    """Re-allocate an existing (e.g. `none`) plan's kept counts under `constraints`.
+
+    Uses the plan's scope as groups, the plan's kept counts as the targets; returns a new PrunePlan
+    recording `constraints` (and so `constraints.profile`). Equivalent to planning with the
+    `allocate` hook inside `vtpdeploy.plan.plan`.
+    """
+    from .gates import GATE_KINDS
+    from .plan import GatePlan
+
+    counts = {(g.block, g.kind): len(g.kept) for g in plan.gates}
+    groups: dict[str, list[Key]] = {}
+    for key in counts:
+        group = {"global": "global", "per_kind": key[1], "per_layer": f"blocks.{key[0]}.{key[1]}"}[plan.scope]
+        groups.setdefault(group, []).append(key)
+    alloc = allocate(counts, scores, constraints, plan.num_heads, plan.head_dim, groups.values())
+    gates = []
+    for (block, kind) in sorted(counts, key=lambda k: (k[0], GATE_KINDS.index(k[1]))):
+        s = scores[(block, kind)]
+        kept = select_kept(s, alloc[(block, kind)], kind, constraints, plan.num_heads, plan.head_dim)
+        gates.append(GatePlan(block=block, kind=kind, size=s.numel(), kept=kept))
+    out = plan.model_copy(update={"constraints": constraints.model_copy(deep=True), "gates": gates}, deep=True)
+    out.check_consistent()
+    return out
+
+
+def rate_bound(constraints: WidthConstraints, sizes: Mapping[Key, int], num_heads: int, head_dim: int) -> float:
+    """A loose bound on |realised − requested| rate for a global plan: half the largest step over the total."""
+    total = sum(sizes.values())
+    steps = [1]
+    for (_, kind), size in sizes.items():
+        ch = feasible_counts(kind, size, constraints, num_heads, head_dim)
+        steps += [b - a for a, b in zip(ch, ch[1:])]
+    return math.ceil(max(steps) / 2) / total + 1.0 / total

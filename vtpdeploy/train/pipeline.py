@@ -1,0 +1,420 @@
+"""`vtpdeploy pipeline`: train → sparsify → prune → finetune → compact, resumable, into a run dir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ..data import (
+    ResumableSampler,
+    build_dataset,
+    data_config_for,
+    make_loader,
+    make_transform,
+    num_classes_of,
+    validate_data,
+)
+from ..errors import CheckpointError, RecipeError
+from ..fileio import atomic_write_json, atomic_write_text, sha256_file, sha256_text
+from ..prune.arch import create_timm
+from ..prune.compact import compact_validated
+from ..prune.counting import count
+from ..prune.gates import add_gates, check_supported, iter_gates, set_gates_trainable
+from ..prune.plan import PrunePlan, apply_mask, plan
+from ..prune.saving import load, load_weights, save
+from .distributed import DistInfo, barrier, broadcast, init_distributed, shutdown
+from .loop import LoopSetup, evaluate, fit, seed_everything
+from .recipe import Recipe, dump_recipe, section_json
+from .rundir import RunDir
+
+STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
+STAGE_SECTION = {"compact": "prune"}  # recipe section a stage's key depends on (default: its own name)
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    run: RunDir
+    console: Console
+    data_config: dict
+    progress: object | None = None
+    dist: DistInfo = field(default_factory=DistInfo)
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def micro_batch(self) -> tuple[int, int]:
+        """(per-rank micro-batch, accumulation steps) for the recipe's global batch."""
+        return micro_batching(self.recipe, self.dist.world_size)
+
+    def loader(self, split: str, epoch: int = 0, skip_batches: int = 0):
+        cfg = self.recipe.data
+        train = split == "train"
+        ds = build_dataset(cfg, split, make_transform(self.data_config, train=train, section=cfg),
+                           num_classes=self.num_classes, input_size=tuple(self.data_config["input_size"]))
+        if not train:
+            return make_loader(ds, cfg, shuffle=False)
+        micro, _ = self.micro_batch()
+        sampler = ResumableSampler(ds, self.dist.world_size, self.dist.rank, seed=self.recipe.seed, epoch=epoch,
+                                   skip=skip_batches * micro)
+        return make_loader(ds, cfg, shuffle=False, sampler=sampler, batch_size=micro)
+
+    def setup(self, section, teacher: nn.Module | None = None) -> LoopSetup:
+        distill = getattr(section, "distill", "none")
+        return LoopSetup(dist=self.dist, accum_steps=self.micro_batch()[1], amp=self.recipe.amp,
+                         clip_grad=section.clip_grad, checkpoint_every_steps=section.checkpoint_every_steps,
+                         teacher=teacher if distill != "none" else None, distill=distill,
+                         distill_alpha=getattr(section, "distill_alpha", 0.5),
+                         distill_tau=getattr(section, "distill_tau", 1.0))
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        if self.is_main:
+            save(model, path)
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            self.console.log(msg)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.recipe.model.kwargs.get("num_classes", 1000))
+
+    def mixup(self, label_smoothing: float):
+        from ..data import make_mixup
+
+        return make_mixup(self.recipe.data, self.num_classes, label_smoothing)
+
+    def evaluate(self, model: nn.Module) -> float:
+        return round(evaluate(model, self.loader("val"), self.dist.device), 3)
+
+
+# -- model creation and validation (cheap, before any writes) ------------------------------------
+def create_model(recipe: Recipe) -> nn.Module:
+    """The recipe's timm model, with the recipe's preprocessing recorded in its data config."""
+    m = recipe.model
+    seed_everything(recipe.seed)  # reproducible init, identical on every rank
+    model = create_timm(m.name, m.kwargs, pretrained=m.pretrained)
+    check_supported(model)
+    cfg = data_config_for(_model_data_config(model), recipe.data)
+    model.pretrained_cfg = {**(model.pretrained_cfg or {}), **{k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std")}}
+    if m.checkpoint is not None:
+        load_weights(model, m.checkpoint)
+    return model
+
+
+def _model_data_config(model: nn.Module) -> dict:
+    from ..prune.arch import describe
+
+    return describe(model).data_config
+
+
+def micro_batching(recipe: Recipe, world_size: int) -> tuple[int, int]:
+    """Split the global batch into per-rank micro-batches and accumulation steps (exactly)."""
+    global_bs = recipe.data.batch_size
+    micro = recipe.data.micro_batch_size or global_bs // world_size
+    if micro < 1 or global_bs % (micro * world_size):
+        raise RecipeError(f"data.batch_size {global_bs} is not a multiple of micro_batch_size {micro} x "
+                          f"world size {world_size}")
+    return micro, global_bs // (micro * world_size)
+
+
+def validate_inputs(recipe: Recipe, world_size: int = 1) -> nn.Module:
+    """Everything that can be checked before expensive work; returns the created model."""
+    validate_data(recipe.data)
+    micro_batching(recipe, world_size)
+    if recipe.model.checkpoint is not None and not Path(recipe.model.checkpoint).is_file():
+        raise CheckpointError(f"model.checkpoint: {recipe.model.checkpoint} not found")
+    model = create_model(recipe)
+    classes = num_classes_of(recipe.data)
+    if classes is not None and model.num_classes != classes:
+        raise RecipeError(f"model.kwargs.num_classes is {model.num_classes} but data has {classes} classes")
+    return model
+
+
+# -- keys -----------------------------------------------------------------------------------------
+def _key(*parts: str) -> str:
+    return sha256_text("\n".join(parts))[:16]
+
+
+def _base_key(recipe: Recipe) -> str:
+    ckpt = recipe.model.checkpoint
+    ckpt_hash = sha256_file(ckpt) if ckpt is not None else ""
+    return _key(section_json(recipe, "model"), section_json(recipe, "data"), str(recipe.seed), ckpt_hash)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def _fit(ctx: Context, model: nn.Module, section, key: str, name: str, seed_offset: int, **kw):
+    r = ctx.recipe
+    return fit(model, lambda e, skip: ctx.loader("train", e, skip), section, seed=r.seed + seed_offset,
+               stage_key=key, checkpoint_path=ctx.path / "ckpt" / f"{name}.pt", device=ctx.dist.device,
+               progress=ctx.progress, description=name, log=ctx.log, mixup=ctx.mixup(section.label_smoothing),
+               **kw)
+
+
+def _stage_train(ctx: Context, model: nn.Module, key: str) -> dict:
+    r = ctx.recipe
+    history = None
+    model = model.to(ctx.dist.device)
+    if r.model.checkpoint is None and not r.model.pretrained and r.train.epochs > 0:
+        history = _fit(ctx, model, r.train, key, "train", 0, setup=ctx.setup(r.train))
+    ctx.save(model, ctx.path / "unpruned")
+    acc = ctx.evaluate(model)
+    ctx.log(f"train: val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "curve": history.as_dict() if history else None,
+            "source": "checkpoint" if r.model.checkpoint else ("pretrained" if r.model.pretrained else "trained")}
+
+
+def _stage_sparsify(ctx: Context, key: str) -> dict:
+    r = ctx.recipe
+    model = load(ctx.path / "unpruned", ctx.dist.device).train()
+    add_gates(model)
+    history = None
+    if r.sparsify.enabled and r.sparsify.epochs > 0:
+        history = _fit(ctx, model, r.sparsify, key, "sparsify", 1, l1_lambda=r.sparsify.lam, train_gates=True,
+                       gate_lr=r.sparsify.gate_lr, setup=ctx.setup(r.sparsify))
+    ctx.save(model, ctx.path / "stages" / "sparse")
+    gates = torch.cat([g.module.gate.detach().abs().flatten().cpu() for g in iter_gates(model)])
+    acc = ctx.evaluate(model)
+    ctx.log(f"sparsify: val top-1 {acc:.2f} %, mean |gate| {float(gates.mean()):.3f}")
+    return {"accuracy": acc, "enabled": r.sparsify.enabled, "curve": history.as_dict() if history else None,
+            "gate_abs": {"mean": float(gates.mean()), "min": float(gates.min()), "max": float(gates.max()),
+                         "below_0.1": float((gates < 0.1).float().mean())}}
+
+
+def _stage_prune(ctx: Context, key: str) -> dict:
+    r = ctx.recipe
+    model = load(ctx.path / "stages" / "sparse", ctx.dist.device)
+    p, latency = make_plan(model, r, ctx.log)
+    if ctx.is_main:
+        p.save(ctx.path / "plan.json")
+    acc = ctx.evaluate(apply_mask(model, p))
+    ctx.log(f"prune: profile {p.constraints.profile}, realised rate {p.realised_rate:.3f}, "
+            f"hard-mask val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "realised_rate": p.realised_rate, "thresholds": p.thresholds, "latency": latency}
+
+
+def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | None]:
+    """The recipe's plan: rate-driven, or latency-guided when `prune.target_latency_ms` is set."""
+    from ..prune.profiles import constraints_for
+
+    constraints = constraints_for(r.prune.hardware)
+    if r.prune.target_latency_ms is None:
+        return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
+                    constraints=constraints), None
+    from ..deploy.bench.latency_table import measure_model_ms, measure_table
+    from ..prune.compact import compact
+    from ..prune.latency_plan import latency_report, plan_for_latency
+
+    pr = r.prune
+    table = measure_table(model, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
+                          cache_dir=pr.latency_cache, progress=log)
+    p = plan_for_latency(model, pr.target_latency_ms, table, constraints, importance=pr.importance)
+    small = compact(model, p).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = None
+        if pr.latency_backend != "torch":
+            from ..deploy.export import export_onnx
+
+            onnx_path = export_onnx(small, Path(tmp) / "plan.onnx", batch=pr.latency_batch, simplify=False).path
+        measured = measure_model_ms(small, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
+                                    onnx_path=onnx_path)
+    report = latency_report(p, table, measured)
+    if log:
+        log(f"prune: latency-guided plan, target {pr.target_latency_ms} ms, report {report}")
+    return p, report
+
+
+def _stage_finetune(ctx: Context, key: str) -> dict:
+    r = ctx.recipe
+    model = load(ctx.path / "stages" / "sparse", ctx.dist.device).train()
+    p = PrunePlan.load(ctx.path / "plan.json")
+    apply_mask(model, p)
+    set_gates_trainable(model, False)  # pruned gates stay exactly 0; kept ones fold into weights later
+    history = None
+    if r.finetune.epochs > 0:
+        teacher = load(ctx.path / "unpruned", ctx.dist.device) if r.finetune.distill != "none" else None
+        if r.finetune.distill == "hard" and hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(True)
+        history = _fit(ctx, model, r.finetune, key, "finetune", 2, setup=ctx.setup(r.finetune, teacher))
+        if hasattr(model, "set_distilled_training"):
+            model.set_distilled_training(False)
+    ctx.save(model, ctx.path / "stages" / "finetuned")
+    acc = ctx.evaluate(model)
+    ctx.log(f"finetune: val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "curve": history.as_dict() if history else None, "distill": r.finetune.distill}
+
+
+def _stage_compact(ctx: Context, key: str) -> dict:
+    r = ctx.recipe
+    gated = load(ctx.path / "stages" / "finetuned", ctx.dist.device)
+    p = PrunePlan.load(ctx.path / "plan.json")
+    sample = next(iter(ctx.loader("val")))[0][:16].to(ctx.dist.device)
+    small, diff = compact_validated(gated, p, sample, atol=r.prune.atol)
+    ctx.save(small, ctx.path / "model")
+    acc = ctx.evaluate(small)
+    unpruned = load(ctx.path / "unpruned", ctx.dist.device)
+    img = tuple(ctx.data_config["input_size"][1:])
+    counts = {"unpruned": count(unpruned, img), "compact": count(small, img)}
+    ctx.log(f"compact: max |Δlogit| vs hard mask {diff:.2e}, val top-1 {acc:.2f} %")
+    return {"accuracy": acc, "max_abs_diff": diff, "atol": r.prune.atol, "counts": counts}
+
+
+def _stage_export(ctx: Context, key: str) -> tuple[dict, dict[str, Path]]:
+    """The `export` section: the same code as `vtpdeploy calib` + `vtpdeploy export` on this run dir."""
+    from ..deploy.export import run_export
+    from ..deploy.export.calib import calib_from_source
+    from ..deploy.sources import load_source
+
+    cfg = ctx.recipe.export
+    calib_dir = None
+    if cfg.int8:
+        calib_dir = ctx.path / "calib"
+        calib_from_source(ctx.path, calib_dir, n=cfg.calib_n, seed=cfg.calib_seed)
+    result = run_export(load_source(ctx.path), ctx.path / "export", cfg, calib_dir, threads=ctx.recipe.threads,
+                        log=ctx.log)
+    artifacts = {p.stem.replace(".", "_"): p for p in sorted((ctx.path / "export").glob("*"))
+                 if p.is_file() and not p.name.startswith(".")}
+    ctx.log(f"export: wrote {', '.join(sorted(p.name for p in artifacts.values()))}")
+    return {"export": result}, artifacts
+
+
+def _write_report(ctx: Context, wall_s: float) -> dict:
+    stages = ctx.run.manifest["stages"]
+    m = {name: stages.get(name, {}).get("metrics", {}) for name in STAGES}
+    p = PrunePlan.load(ctx.path / "plan.json")
+    counts = m["compact"]["counts"]
+    report = {
+        "format": "vtpdeploy-report",
+        "version": 1,
+        "model": ctx.recipe.model.name,
+        "data": ctx.recipe.data.kind,
+        "params": {k: v["params"] for k, v in counts.items()},
+        "macs": {k: v["macs"] for k, v in counts.items()},
+        "reduction": {
+            "params": round(1 - counts["compact"]["params"] / counts["unpruned"]["params"], 4),
+            "macs": round(1 - counts["compact"]["macs"] / counts["unpruned"]["macs"], 4),
+        },
+        "accuracy": {
+            "unpruned": m["train"]["accuracy"],
+            "sparsified": m["sparsify"]["accuracy"],
+            "pruned": m["prune"]["accuracy"],
+            "finetuned": m["compact"]["accuracy"],
+        },
+        "compaction": {"max_abs_diff": m["compact"]["max_abs_diff"], "atol": m["compact"]["atol"]},
+        "plan": p.summary(),
+        "curves": {"train": m["train"].get("curve"), "sparsify": m["sparsify"].get("curve"),
+                   "finetune": m["finetune"].get("curve")},
+        "latency_plan": m["prune"].get("latency"),
+        "stage_seconds": {n: stages[n].get("duration_s") for n in STAGES if n in stages},
+        "wall_seconds": round(wall_s, 2),
+    }
+    if ctx.recipe.export.enabled and m["export"]:
+        report["export"] = m["export"].get("export")
+    atomic_write_json(ctx.path / "report.json", report)
+    return report
+
+
+def _progress(console: Console, enabled: bool = True):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=not (enabled and console.is_terminal), transient=False)
+
+
+def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | None = None) -> dict:
+    """Run every stage not already done with the same inputs; returns the report.
+
+    Under torchrun every rank trains (DDP); only rank 0 writes to the run dir.
+    """
+    console = console or Console(stderr=True)
+    out = Path(out or recipe.output.dir)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    info = init_distributed(recipe.device)
+    try:
+        if info.is_main:
+            RunDir.check_usable(out)
+        model = validate_inputs(recipe, info.world_size)  # all cheap checks before touching the run dir
+        return _run_stages(recipe, out, console, info, model)
+    finally:
+        shutdown(info)
+
+
+def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module) -> dict:
+    t_start = time.perf_counter()
+    run = RunDir(out, world_size=info.world_size)
+    with run if info.is_main else contextlib.nullcontext():  # rank 0 holds the lock
+        barrier(info)
+        if not info.is_main:
+            run.manifest = json.loads(run.manifest_path.read_text())
+        recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": out})})
+        if info.is_main:
+            atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+        ctx = Context(recipe, run, console, _model_data_config(model), dist=info)
+        with _progress(console, enabled=info.is_main) as progress:
+            ctx.progress = progress
+            upstream = _base_key(recipe)
+            for i, name in enumerate(STAGES):
+                if name == "export" and not recipe.export.enabled:
+                    continue
+                prev = STAGES[i - 1] if i else None
+                art = json.dumps(run.artifact_hashes(prev), sort_keys=True) if prev else ""
+                key = _key(upstream, section_json(recipe, STAGE_SECTION.get(name, name)), art, name)
+                upstream = key
+                if broadcast(info, run.is_done(name, key) if info.is_main else None):
+                    ctx.log(f"{name}: up to date, skipped")
+                    continue
+                t0 = 0.0
+                if info.is_main:
+                    run.invalidate_from(list(STAGES[i:]))
+                    t0 = run.start(name, key)
+                seed_everything(recipe.seed)
+                metrics, artifacts = _run_stage(ctx, name, key, model)
+                barrier(info)
+                if info.is_main:
+                    run.finish(name, key, t0, artifacts, metrics)
+                    with contextlib.suppress(FileNotFoundError):
+                        (out / "ckpt" / f"{name}.pt").unlink()
+                barrier(info)
+                if not info.is_main:
+                    run.manifest = json.loads(run.manifest_path.read_text())
+        report = _write_report(ctx, time.perf_counter() - t_start) if info.is_main else {}
+        barrier(info)
+    return report
+
+
+def _run_stage(ctx: Context, name: str, key: str, model: nn.Module) -> tuple[dict, dict[str, Path]]:
+    p = ctx.path
+    if name == "train":
+        return _stage_train(ctx, model, key), {"weights": p / "unpruned.safetensors", "arch": p / "unpruned.json"}
+    if name == "sparsify":
+        return _stage_sparsify(ctx, key), {"weights": p / "stages/sparse.safetensors", "arch": p / "stages/sparse.json"}
+    if name == "prune":
+        return _stage_prune(ctx, key), {"plan": p / "plan.json"}
+    if name == "finetune":
+        return _stage_finetune(ctx, key), {"weights": p / "stages/finetuned.safetensors",
+                                           "arch": p / "stages/finetuned.json"}
+    if name == "compact":
+        return _stage_compact(ctx, key), {"weights": p / "model.safetensors", "arch": p / "model.json"}
+    if not ctx.is_main:
+        return {}, {}
+    return _stage_export(ctx, key)

@@ -1,0 +1,195 @@
+"""Recipes: typed, validated pipeline configuration. The defaults are the embedded quickstart."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..data import DataSection
+from ..errors import RecipeError
+from ..fileio import read_yaml
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = "vit_tiny_patch16_224"
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 6,
+            "mlp_ratio": 4.0, "num_classes": 10,
+        }
+    )
+    checkpoint: Path | None = Field(None, description="local safetensors or torch state dict (weights_only)")
+    pretrained: bool = Field(False, description="download timm weights (needs internet)")
+
+
+class OptimSection(Section):
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    checkpoint_every: int = Field(1, gt=0, description="epochs between resume checkpoints")
+    checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: off)")
+    clip_grad: float | None = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep a timm EMA of the weights (e.g. 0.9998); "
+                                                                  "the stage's result is the EMA model")
+
+
+class TrainSection(OptimSection):
+    """Pretraining from scratch, used only when the model has no checkpoint and no pretrained weights."""
+
+    epochs: int = Field(50, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class SparsifySection(OptimSection):
+    enabled: bool = Field(True, description="false: prune without sparse training (the prune-only baseline)")
+    lam: float = Field(2e-3, ge=0, description="L1 weight λ on the gate scores (paper, ImageNet: 1e-4)")
+    gate_lr: float | None = Field(1e-2, gt=0, description="lr for gates (null: same as lr)")
+    epochs: int = Field(8, ge=0)
+    lr: float = Field(2e-4, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class PruneSection(Section):
+    rate: float = Field(0.4, description="share of gated dims to remove, in (0, 1)")
+    scope: Literal["global", "per_kind", "per_layer"] = "global"
+    importance: Literal["gate", "weight_l1"] = "gate"
+    atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
+    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, gpu-fp16, gpu-int8, "
+                                             "jetson-orin")
+    target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
+                                                                     "(rate is then ignored)")
+    latency_backend: Literal["torch", "ort", "openvino"] = "ort"
+    latency_batch: int = Field(1, gt=0)
+    latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        from ..prune.profiles import profile_names
+
+        if v not in profile_names():
+            raise ValueError(f"unknown hardware profile {v!r}; choose one of {', '.join(profile_names())}")
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_in_range(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"rate must be in (0, 1), got {v}")
+        return v
+
+
+class FinetuneSection(OptimSection):
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    distill: Literal["none", "soft", "hard"] = Field(
+        "none", description="teacher = the unpruned model: soft KL, or DeiT-style hard labels")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    distill_tau: float = Field(2.0, gt=0, description="soft-distillation temperature")
+
+
+def _export_config():
+    from ..deploy.export.config import ExportConfig
+
+    return ExportConfig
+
+
+class OutputSection(Section):
+    dir: Path = Path("runs/quickstart")
+
+
+class Recipe(Section):
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sparsify: SparsifySection = Field(default_factory=SparsifySection)
+    prune: PruneSection = Field(default_factory=PruneSection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    export: _export_config() = Field(default_factory=_export_config())  # type: ignore[valid-type]
+    output: OutputSection = Field(default_factory=OutputSection)
+
+
+def _format_error(exc: ValidationError, origin: str) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    if e["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{loc}'"
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"--set {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text!r}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (None: the embedded quickstart), apply `--set` overrides, validate.
+
+    Overrides apply to the resolved recipe, so `--set model.kwargs.depth=6` changes one kwarg and
+    keeps the others.
+    """
+    origin = str(path) if path is not None else "quickstart"
+    data = read_yaml(path) if path is not None else {}
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, origin)) from None
+    if not overrides:
+        return recipe
+    data = apply_overrides(recipe.model_dump(mode="json"), overrides)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc, f"{origin} with --set")) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def section_json(recipe: Recipe, name: str) -> str:
+    import json
+
+    return json.dumps(getattr(recipe, name).model_dump(mode="json"), sort_keys=True)
