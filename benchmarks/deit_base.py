@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     from vtpdeploy.deploy.export import export_onnx
     from vtpdeploy.deploy.export.quantize import quantize_int8
     from vtpdeploy.prune.compact import compact_validated
-    from vtpdeploy.prune.profiles import (
-        check_model,
-        check_plan,
-        constraints_for,
-        plan_for_hardware,
-    )
+    from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 
     t_start = time.time()
     out = args.out
@@ -122,12 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
     plans: dict[str, dict] = {}
     models = {"deit_base": base}
     for label, rate, profile in variants:
-        p = plan_for_hardware(gated, rate, profile, importance=importance)
+        constraints = constraints_for(profile)
+        p = vtpdeploy.plan(gated, rate, importance=importance, constraints=constraints)
         small, diff = compact_validated(gated, p, sample, atol=1e-4 if quick else 5e-4)
         vtpdeploy.save(small, out / label)
         p.save(out / f"{label}.plan.json")
         cnt = vtpdeploy.count(small)
-        constraints = constraints_for(profile)
         s = p.summary()
         plans[label] = {
             "profile": profile,

@@ -1,4 +1,4 @@
-"""Shared fixtures and helpers for the vtpdeploy test-suite.
+"""Fixtures and model-randomising helpers of the prune tests; shared configs and CLI tools live in helpers.py.
 
 Everything here is random-init (never `pretrained=True`) and small: the machine is CPU-only.
 """
@@ -9,22 +9,12 @@ import copy
 from typing import Callable
 
 import pytest
-import timm
 import torch
+from helpers import make_vit
 from torch import nn
 
 import vtpdeploy
 from vtpdeploy.prune.gates import iter_gates
-
-# A tiny custom ViT: 4x4 patches + cls = 17 tokens, 3 heads of 16 dims, hidden 192.
-TINY_KWARGS = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
-
-
-def make_vit(name: str = "vit_tiny_patch16_224", **kwargs) -> nn.Module:
-    """A random-init timm model in eval mode; for the default name, a tiny custom-size ViT."""
-    if name == "vit_tiny_patch16_224":
-        kwargs = {**TINY_KWARGS, **kwargs}
-    return timm.create_model(name, pretrained=False, **kwargs).eval()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from fixtures.vtpbench_fixtures import make_run_dir
+from helpers import make_run_dir
 
 from vtpdeploy.deploy.bench import stats
 from vtpdeploy.deploy.bench.loop import Slot, measure, warmup

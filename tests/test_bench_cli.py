@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from fixtures.vtpbench_fixtures import make_run_dir, tiny_vit
-
-
-def _cli(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "vtpdeploy", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _one_line_error(res, *needles):
-    assert res.returncode == 2, res.stdout + res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from helpers import assert_one_line_error, make_run_dir, run_cli, tiny_vit
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +25,7 @@ def test_cli_real_run_with_outputs_and_gate(env):
     root, run, onnx1, _ = env
     rules = root / "rules.yaml"
     rules.write_text('gates:\n  - "p90_ms <= 100000"\n  - "speedup >= 0.0001"\n')
-    res = _cli("bench", run, "--backend", "ort", "--batch", "1", "--warmup-s", "0", "--iters", "20", "--threads", "1",
+    res = run_cli("bench", run, "--backend", "ort", "--batch", "1", "--warmup-s", "0", "--iters", "20", "--threads", "1",
                "--json", root / "r.json", "--md", root / "r.md", "--plot", root / "r.png", "--gate", rules,
                "--junit", root / "j.xml")
     assert res.returncode == 0, res.stderr
@@ -49,10 +33,10 @@ def test_cli_real_run_with_outputs_and_gate(env):
     assert rep["schema_version"] == 1 and len(rep["results"]) == 2 and len(rep["comparison"]) == 1
     assert "run/model" in (root / "r.md").read_text() and (root / "r.png").stat().st_size > 1000
     assert "speedup vs baseline" in res.stdout and "PASS" in res.stdout
-    res = _cli("gate", root / "r.json", rules)
+    res = run_cli("gate", root / "r.json", rules)
     assert res.returncode == 0
     rules.write_text('gates:\n  - "p50_ms <= 0.000001"\n')
-    assert _cli("gate", root / "r.json", rules).returncode == 1
+    assert run_cli("gate", root / "r.json", rules).returncode == 1
 
 
 def test_onnx_candidate_against_onnx_baseline_and_none(env):
@@ -73,37 +57,37 @@ def test_bad_inputs(env, tmp_path, case):
     root, run, onnx1, onnx64 = env
     common = ["--warmup-s", "0", "--iters", "3", "--threads", "1"]
     if case == "unknown_backend":
-        _one_line_error(_cli("bench", run, "--backend", "tvm", *common), "unknown backend 'tvm'")
+        assert_one_line_error(run_cli("bench", run, "--backend", "tvm", *common), "unknown backend 'tvm'")
     elif case == "not_installed":
         from vtpdeploy.deploy.runners import available_backends
 
         if "trt" in available_backends():
             pytest.skip("TensorRT is installed here")
-        _one_line_error(_cli("bench", run, "--backend", "trt", "--device", "cuda", *common), "installed backends:", "ort")
+        assert_one_line_error(run_cli("bench", run, "--backend", "trt", "--device", "cuda", *common), "installed backends:", "ort")
     elif case == "batch0":
-        _one_line_error(_cli("bench", run, "--batch", "0", *common), "--batch must be >= 1")
+        assert_one_line_error(run_cli("bench", run, "--batch", "0", *common), "--batch must be >= 1")
     elif case == "fixed_batch":
-        _one_line_error(_cli("bench", onnx1, "--backend", "ort", "--baseline", "none", "--batch", "8", *common),
+        assert_one_line_error(run_cli("bench", onnx1, "--backend", "ort", "--baseline", "none", "--batch", "8", *common),
                         "fixed batch size 1", "--batch 8")
     elif case == "image_size":
-        _one_line_error(_cli("bench", onnx1, "--backend", "ort", "--baseline", onnx64, *common),
+        assert_one_line_error(run_cli("bench", onnx1, "--backend", "ort", "--baseline", onnx64, *common),
                         "does not match", "3x32x32")
     elif case == "truncated_onnx":
         bad = tmp_path / "bad.onnx"
         bad.write_bytes(onnx1.read_bytes()[: onnx1.stat().st_size // 3])
-        _one_line_error(_cli("bench", bad, "--backend", "ort", "--baseline", "none", *common), "bad.onnx")
+        assert_one_line_error(run_cli("bench", bad, "--backend", "ort", "--baseline", "none", *common), "bad.onnx")
     elif case == "truncated_safetensors":
         for suffix in (".json", ".safetensors"):
             src = run / f"model{suffix}"
             data = src.read_bytes()
             (tmp_path / f"m{suffix}").write_bytes(data if suffix == ".json" else data[: len(data) // 2])
-        _one_line_error(_cli("bench", tmp_path / "m", "--backend", "torch", "--baseline", "none", *common),
+        assert_one_line_error(run_cli("bench", tmp_path / "m", "--backend", "torch", "--baseline", "none", *common),
                         "m.safetensors")
     elif case == "missing":
-        _one_line_error(_cli("bench", tmp_path / "nothing", *common), "no such artifact")
+        assert_one_line_error(run_cli("bench", tmp_path / "nothing", *common), "no such artifact")
     elif case == "unpruned_needs_run":
-        _one_line_error(_cli("bench", onnx1, "--baseline", "unpruned", *common), "needs a run dir")
+        assert_one_line_error(run_cli("bench", onnx1, "--baseline", "unpruned", *common), "needs a run dir")
     elif case == "torch_on_onnx":
-        _one_line_error(_cli("bench", onnx1, "--backend", "torch", "--baseline", "none", *common), "torch backend")
+        assert_one_line_error(run_cli("bench", onnx1, "--backend", "torch", "--baseline", "none", *common), "torch backend")
     elif case == "both_durations":
-        _one_line_error(_cli("bench", run, "--duration-s", "1", *common), "not both")
+        assert_one_line_error(run_cli("bench", run, "--duration-s", "1", *common), "not both")

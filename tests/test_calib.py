@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 import yaml
+from helpers import tiny_vit
 
 import vtpdeploy
 from vtpdeploy.errors import DataError
@@ -22,9 +22,7 @@ def run_dir(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("calibrun") / "run"
     run.mkdir()
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, embed_dim=64,
-                          depth=2, num_heads=4, num_classes=10).eval()
-    vtpdeploy.save(m, run / "model")
+    vtpdeploy.save(tiny_vit(), run / "model")
     (run / "recipe.yaml").write_text(yaml.safe_dump(Recipe().model_dump(mode="json")))
     (run / "manifest.json").write_text("{}")
     return run

@@ -6,10 +6,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
-from pipeline_helpers import run_cli, write_recipe
+from helpers import run_cli, write_recipe
 
 from vtpdeploy.prune.plan import PrunePlan
 

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
 import yaml
+from helpers import run_cli as cli
 
 import vtpdeploy
 
 torch.set_num_threads(1)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "vtpdeploy", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=300)
-
-
 def assert_one_line_error(proc, code=2, match=None):
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
@@ -142,3 +132,76 @@ def test_trt_engine_build(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "o" / "engine.json").read_text())
     assert info["precision"] == "fp16" and (tmp_path / "o" / "model.engine").stat().st_size > 0
+
+
+# ---- TensorRT 8.6 / 10 / 11 through the CLI, on stand-ins (tests/trt_standins) ------------------------------
+# API-SURFACE TESTS, NEVER RESULTS: the stand-ins build no engine (a placeholder file that says so).
+# Which ONNX each version must build each precision from (fp16/int8 on strongly typed 11: the typed artifacts).
+TRT_ONNX = {("8.6", "fp32"): "model.onnx", ("8.6", "fp16"): "model.onnx", ("8.6", "int8"): "model.int8.onnx",
+            ("10", "fp32"): "model.onnx", ("10", "fp16"): "model.onnx", ("10", "int8"): "model.int8.onnx",
+            ("11", "fp32"): "model.onnx", ("11", "fp16"): "model.fp16.onnx", ("11", "int8"): "model.int8.fp16.onnx"}
+
+
+@pytest.mark.parametrize("builder", ["python", "trtexec"])
+@pytest.mark.parametrize("version", ["8.6", "10", "11"])
+def test_export_trt_on_standin_versions(run_dir, calib_dir, tmp_path, monkeypatch, version, builder):
+    from helpers import run_cli_inprocess
+    from trt_standins import read_log, use_python_trt, use_trtexec
+
+    log = tmp_path / "calls.jsonl"
+    if builder == "python":
+        use_python_trt(monkeypatch, version, log)
+    else:
+        use_trtexec(monkeypatch, tmp_path, version, log)
+    for precision, extra in (("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8", "--calib", calib_dir])):
+        out = tmp_path / precision
+        proc = run_cli_inprocess("export", run_dir, "--trt", *extra, "--out", out, "--no-simplify", "--threads", 1)
+        assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        info = json.loads((out / "engine.json").read_text())
+        assert info["precision"] == precision and info["builder"] == builder
+        assert info["onnx"] == str(out / TRT_ONNX[version, precision]) and info["tensorrt_version"].startswith(version)
+        assert (out / "model.engine").read_bytes().startswith(b"TRT-STANDIN placeholder")
+        assert f"{precision} engine from {TRT_ONNX[version, precision]}" in proc.stdout
+        rep = json.loads((out / "export.json").read_text())
+        assert rep["engine"] == info
+        twin = [v for v in rep["validations"] if v["stage"] == "int8-fp16"]
+        if version == "11" and precision == "int8":  # written and validated with an explicit tolerance
+            assert len(twin) == 1 and twin[0]["passed"] and twin[0]["max_abs_diff"] <= twin[0]["atol"]
+            assert rep["artifacts"]["int8_fp16"]["path"] == "model.int8.fp16.onnx"
+        else:
+            assert not twin and not (out / "model.int8.fp16.onnx").exists()
+    calls = read_log(log)
+    if builder == "trtexec":
+        runs = [c for c in calls if c.get("tool") == "trtexec" and "--help" not in c["argv"]]
+        assert len(runs) == 3 and not any("rejected" in c for c in runs)
+    else:
+        assert len([c for c in calls if c["api"] == "Builder.build_serialized_network"]) == 3
+
+
+@pytest.mark.parametrize("builder,version,args", [
+    ("python", "8.6", ["--int8"]),
+    ("trtexec", "11", ["--fp16"]),
+])
+def test_export_trt_standin_subprocess_no_traceback(run_dir, calib_dir, tmp_path, builder, version, args):
+    """The real entry point (python -m vtpdeploy) with a stand-in TensorRT first on PYTHONPATH / PATH."""
+    from trt_standins import python_dir, write_trtexec
+
+    import os
+
+    env = {"TRT_STANDIN_LOG": str(tmp_path / "calls.jsonl")}
+    if builder == "python":
+        env["PYTHONPATH"] = os.pathsep.join([str(python_dir(version)), os.environ.get("PYTHONPATH", "")])
+    else:
+        exe = write_trtexec(tmp_path / "bin", version)
+        env["PATH"] = f"{exe.parent}{os.pathsep}{os.environ['PATH']}"
+        env["VTPDEPLOY_TRT_BUILDER"] = "trtexec"
+    extra = ["--calib", calib_dir] if "--int8" in args else []
+    proc = cli("export", run_dir, "--trt", *args, *extra, "--out", tmp_path / "o", "--no-simplify", "--threads", 1,
+               env=env, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    info = json.loads((tmp_path / "o" / "engine.json").read_text())
+    assert info["builder"] == builder and info["tensorrt_version"].startswith(version)
+
+
+def test_int8_fp16_needs_int8(run_dir, tmp_path):
+    assert_one_line_error(cli("export", run_dir, "--int8-fp16", "--out", tmp_path / "o"), match="--int8-fp16")

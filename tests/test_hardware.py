@@ -14,7 +14,6 @@ from vtpdeploy.prune.profiles import (
     check_plan,
     constraints_for,
     describe_profiles,
-    plan_for_hardware,
 )
 from vtpdeploy.prune.widths import (
     allocate,
@@ -60,7 +59,7 @@ def test_profiles_and_lookup():
 @pytest.mark.parametrize("rate", [0.2, 0.4])
 def test_profile_holds_in_plan_and_compact_model(mid_model, name, rate):
     c = constraints_for(name)
-    p = plan_for_hardware(mid_model, rate, name, importance="gate")
+    p = plan(mid_model, rate, importance="gate", constraints=c)
     assert p.constraints == c and p.constraints.profile == name
     s = p.summary()
     assert s["profile"] == name and s["requested_rate"] == rate
@@ -96,7 +95,7 @@ def test_realised_rate_close_and_bounded(mid_model):
         c = constraints_for(name)
         bound = rate_bound(c, sizes, 3, 64)
         for rate in (0.1, 0.3, 0.5):
-            p = plan_for_hardware(mid_model, rate, name)
+            p = plan(mid_model, rate, constraints=c)
             assert abs(p.realised_rate - rate) <= max(bound, 1.0 / p.total_dims), (name, rate, p.realised_rate, bound)
 
 
@@ -152,10 +151,10 @@ def test_feasible_counts_and_select_kept_head_aligned():
     assert feasible_counts("attn_v", 192, cpu, 3, 64) == [24 * k for k in range(1, 9)]
 
 
-def test_plan_for_hardware_none_is_the_paper_plan(mid_model):
-    assert plan_for_hardware(mid_model, 0.4, "none") == plan(mid_model, 0.4)
-    with pytest.raises(PlanError, match="unknown hardware profile"):
-        plan_for_hardware(mid_model, 0.4, "fpga")
+def test_profile_none_is_the_paper_plan(mid_model):
+    paper = plan(mid_model, 0.4)
+    assert plan(mid_model, 0.4, constraints=constraints_for("none")) == paper
+    assert check_plan(paper, constraints_for("cpu"))  # the paper plan is not a cpu plan: the profile changes it
 
 
 def test_check_model_reports_violations(mid_model):

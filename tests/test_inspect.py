@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import timm
 import torch
-from pipeline_helpers import run_cli_inprocess
+from helpers import run_cli_inprocess
 
 import vtpdeploy
 from vtpdeploy.prune.inspection import block_table

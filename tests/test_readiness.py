@@ -92,3 +92,52 @@ def test_strict_raises_exit_code_1(tmp_path):
     with pytest.raises(ReadinessError) as info:
         enforce(rep, strict=True)
     assert info.value.exit_code == 1
+
+
+def _op_model(tmp_path, op, opset, name="m.onnx", **attrs):
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node(op, ["input"], ["logits"], **attrs)], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_group_norm_native_from_8_6(tmp_path):
+    rep = check_trt_readiness(_op_model(tmp_path, "GroupNormalization", 18, num_groups=2), widths=_widths(64))
+    ops = {t: rep["targets"][t]["ops"]["GroupNormalization"] for t in ("8.5", "8.6", "10", "11")}
+    assert ops == {"8.5": "needs TensorRT >= 8.6", "8.6": "native", "10": "native", "11": "native"}
+
+
+def _qdq_model(tmp_path, name, float_type):
+    """input -> Q -> DQ -> Relu -> logits, float tensors of `float_type` (fp16 Q/DQ needs opset 19)."""
+    np_type = np.float16 if float_type == TensorProto.FLOAT16 else np.float32
+    x = helper.make_tensor_value_info("input", float_type, [1, 8])
+    y = helper.make_tensor_value_info("logits", float_type, [1, 8])
+    inits = [helper.make_tensor("s", float_type, [], np.array([0.1], np_type)),
+             helper.make_tensor("z", TensorProto.INT8, [], [0])]
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Relu", ["d"], ["logits"])]
+    opset = 19 if float_type == TensorProto.FLOAT16 else 17
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                opset_imports=[helper.make_opsetid("", opset)]), str(tmp_path / name))
+    return tmp_path / name
+
+
+def test_int8_with_fp32_float_ops_warned_for_strongly_typed_target(tmp_path):
+    fp32 = _onnx(tmp_path)
+    int8 = _qdq_model(tmp_path, "model.int8.onnx", TensorProto.FLOAT)
+    rep = check_trt_readiness(fp32, widths=_widths(64), targets=["10", "11"], precisions=["int8"], int8_path=int8)
+    typed = [w for w in rep["warnings"] if "strongly typed" in w]
+    assert len(typed) == 1 and typed[0] == "TensorRT 11: " + rep["targets"]["11"]["warnings"][-1]
+    assert any(w.startswith("TensorRT 11: model.int8.onnx keeps") and "model.int8.fp16.onnx" in w for w in rep["warnings"])
+    assert not any("strongly typed" in w for w in rep["targets"]["10"]["warnings"])  # 10 builds it weakly typed
+    # with the fp16-float twin written, the builder uses it: no warning
+    twin = _qdq_model(tmp_path, "model.int8.fp16.onnx", TensorProto.FLOAT16)
+    rep = check_trt_readiness(fp32, widths=_widths(64), targets=["10", "11"], precisions=["int8"], int8_path=int8,
+                              int8_fp16_path=twin)
+    assert not any("strongly typed" in w for w in rep["warnings"]) and rep["qdq"]["int8_fp16_path"] == str(twin)
+    # an INT8 model that already has fp16 float ops is not warned about either
+    rep = check_trt_readiness(fp32, widths=_widths(64), targets=["11"], precisions=["int8"], int8_path=twin)
+    assert not any("strongly typed" in w for w in rep["warnings"])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+from helpers import run_cli
 
 from vtpdeploy.deploy.bench.rules import GateError, evaluate, junit_xml, parse_rule
 
@@ -102,10 +101,6 @@ def test_junit_xml():
 
 
 # ---- CLI exit codes ---------------------------------------------------------------------------------
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vtpdeploy", *map(str, args)], capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture()
 def files(tmp_path):
     rep = tmp_path / "report.json"
@@ -123,15 +118,15 @@ def files(tmp_path):
 
 def test_cli_gate_exit_codes(files):
     tmp, rep, old, rules = files
-    ok = _cli("gate", rep, rules("p90_ms <= 50", "speedup >= 1.6", "peak_mem_mb <= 600"), "--junit", tmp / "j.xml")
+    ok = run_cli("gate", rep, rules("p90_ms <= 50", "speedup >= 1.6", "peak_mem_mb <= 600"), "--junit", tmp / "j.xml")
     assert ok.returncode == 0, ok.stderr
     assert "PASS" in ok.stdout and ET.parse(tmp / "j.xml").getroot().get("failures") == "0"
 
-    fail = _cli("gate", rep, rules("p90_ms <= 20", "speedup >= 1.6"), "--junit", tmp / "f.xml")
+    fail = run_cli("gate", rep, rules("p90_ms <= 20", "speedup >= 1.6"), "--junit", tmp / "f.xml")
     assert fail.returncode == 1 and "FAIL" in fail.stdout
     assert ET.parse(tmp / "f.xml").getroot().get("failures") == "1"
 
-    prev = _cli("gate", rep, rules("p50_ms <= previous * 1.05"), "--previous", old)
+    prev = run_cli("gate", rep, rules("p50_ms <= previous * 1.05"), "--previous", old)
     assert prev.returncode == 1  # 10 ms now vs 5 ms before
 
 
@@ -147,7 +142,7 @@ def test_cli_gate_bad_input(files, case):
     }[case]
     if case == "bad_report":
         args = ("gate", rules("p90_ms <= 3"), rules("p90_ms <= 3"))  # a YAML file is not a report
-    res = _cli(*args)
+    res = run_cli(*args)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr

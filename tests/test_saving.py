@@ -15,6 +15,7 @@ from conftest import (
     max_diff,
     randomize_head,
 )
+from helpers import MaliciousPickle
 
 import vtpdeploy
 from vtpdeploy import CheckpointError, add_gates, plan
@@ -181,29 +182,19 @@ def test_missing_or_corrupt_architecture_file(compact_model, tmp_path):
     _one_line(info.value)
 
 
-class _Evil:
-    """Unpickling this runs `open(marker, "w")`: a stand-in for arbitrary code execution."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     model = make_vit(depth=1)
     state = dict(model.state_dict())
     # the payload works: an unsafe loader would create the control marker
     control = tmp_path / "control_marker"
     probe = tmp_path / "probe.pkl"
-    probe.write_bytes(pickle.dumps(_Evil(control)))
+    probe.write_bytes(pickle.dumps(MaliciousPickle(control)))
     pickle.loads(probe.read_bytes()).close()
     assert control.exists()
 
     marker = tmp_path / "pwned_marker"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": state, "payload": _Evil(marker)}, path)
+    torch.save({"state_dict": state, "payload": MaliciousPickle(marker)}, path)
     with pytest.raises(CheckpointError) as info:
         read_state_dict(path)
     msg = _one_line(info.value)
@@ -270,8 +261,11 @@ def test_gated_checkpoint_into_plain_architecture_fails(tmp_path):
 def test_non_default_activation_survives_round_trip(tmp_path):
     model = make_vit(act_layer="relu")
     randomize_head(model)
-    try:
-        loaded = _roundtrip(model, tmp_path)
-    except vtpdeploy.VtpError:
-        return  # refusing to save what cannot be rebuilt is acceptable
+    loaded = _roundtrip(model, tmp_path)
+    assert all(isinstance(blk.mlp.act, torch.nn.ReLU) for blk in loaded.blocks)
     _assert_same_outputs(model, loaded, image_batch(model))
+    # the activation matters here: the same weights under GELU give other logits
+    gelu = make_vit()
+    gelu.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert max_diff(gelu(image_batch(model)), loaded(image_batch(model))) > 1e-4

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures.vtpbench_fixtures import make_run_dir
+from helpers import make_run_dir
+from helpers import run_cli as _cli
 
 SSHD = "/usr/sbin/sshd"
 
@@ -72,11 +73,6 @@ def sshd(tmp_path_factory):
         proc.kill()
 
 
-def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "vtpdeploy", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _remote_args(sshd, known="known_hosts"):
     d = sshd["dir"]
     return ["--host", "root@127.0.0.1", "--port", sshd["port"], "--known-hosts", d / known,
@@ -117,3 +113,50 @@ def test_unreachable_host(sshd, tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr and "refused" in lines[0].lower()
+
+
+def _pgrep(pattern: str) -> list[str]:
+    res = subprocess.run(["pgrep", "-f", "-a", pattern], capture_output=True, text=True)
+    return [ln for ln in res.stdout.splitlines() if "pgrep" not in ln]
+
+
+def test_remote_timeout_kills_the_remote_process_group(sshd, tmp_path):
+    """A remote bench that outlives --timeout is killed with its children before cleanup; one line, exit 2."""
+    import uuid
+
+    marker = f"vtp-hang-{uuid.uuid4().hex[:8]}"
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"not read: the stand-in remote command never opens it")
+    d = sshd["dir"]
+    # the stand-in "vtpdeploy": a shell named by the marker that waits on a child sleep (same process group)
+    remote_cmd = f"sh -c 'sleep 4321.{os.getpid()} & wait' {marker}"
+    t0 = time.monotonic()
+    res = _cli("bench", art, "--host", "root@127.0.0.1", "--port", sshd["port"], "--known-hosts", d / "known_hosts",
+               "--identity", d / "client_key", "--remote-cmd", remote_cmd, "--backend", "ort", "--iters", "2",
+               "--timeout", "3", timeout=120)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "timed out after 3s; killed its process group" in lines[0] and lines[0].rstrip().split()[-1].isdigit()
+    assert elapsed < 60
+    time.sleep(0.5)
+    assert _pgrep(marker) == [] and _pgrep(f"sleep 4321.{os.getpid()}") == []
+    pgid = lines[0].rstrip().split()[-1]
+    leftovers = [p for p in Path("/tmp").glob("vtpbench.*") if (p / "bench.pgid").is_file()
+                 and (p / "bench.pgid").read_text().strip() == pgid]
+    assert leftovers == []  # cleanup ran after the kill
+
+
+def test_ssh_options_and_ipv6_targets(tmp_path):
+    from vtpdeploy.deploy.bench.remote import Ssh
+    from vtpdeploy.errors import VtpError
+
+    ssh = Ssh("root@[::1]", port=2222)
+    assert (ssh.target, ssh.scp_host) == ("root@::1", "root@[::1]")
+    opts = " ".join(ssh.opts)
+    assert "ServerAliveInterval=15" in opts and "ServerAliveCountMax=3" in opts and "ConnectTimeout=10" in opts
+    assert (Ssh("jetson.local").target, Ssh("jetson.local").scp_host) == ("jetson.local", "jetson.local")
+    for bad in ("-oProxyCommand=x", "user@-x", "[::1", "user@[fe80::1%eth0]"):
+        with pytest.raises(VtpError):
+            Ssh(bad)

@@ -11,9 +11,11 @@ from .errors import (
 )
 from .prune.compact import compact
 from .prune.counting import count
-from .prune.gates import GATE_KINDS, add_gates, iter_gates, l1_penalty
-from .prune.plan import PrunePlan, WidthConstraints, apply_mask, plan
+from .prune.gates import add_gates, iter_gates, l1_penalty
+from .prune.plan import apply_mask, plan
 from .prune.saving import load, save
+from .prune.schema import PrunePlan, WidthConstraints
+from .prune.sites import GATE_KINDS
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate")
+COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate", "report")
 
 app = typer.Typer(
     name="vtpdeploy",
@@ -24,9 +24,17 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    log_format: str = typer.Option("rich", "--log-format", help="Progress on stderr: rich (default; progress bars "
+                                   "on a terminal) or json (one JSON line per stage and epoch event, for CI)."),
 ) -> None:
     """Global options."""
+    from ..errors import VtpError
+
+    if log_format not in ("rich", "json"):
+        raise VtpError(f"--log-format {log_format!r}: choose rich or json")
+    ctx.ensure_object(dict)["log_format"] = log_format
 
 
 def _register_commands() -> None:

@@ -18,7 +18,10 @@ def register(app: typer.Typer) -> None:
         remote_cmd: str = typer.Option("python3 -m vtpdeploy", "--remote-cmd", help="How to invoke vtpdeploy on --host."),
         known_hosts: Path = typer.Option(None, "--known-hosts", help="known_hosts file for --host (env VTPDEPLOY_KNOWN_HOSTS)."),
         identity: Path = typer.Option(None, "--identity", help="SSH private key for --host (env VTPDEPLOY_SSH_KEY)."),
+        timeout: float = typer.Option(None, "--timeout", help="With --host: seconds the remote bench may run; then its process group is killed (exit 2)."),
+        tegrastats: bool = typer.Option(None, "--tegrastats/--no-tegrastats", help="Sample tegrastats (power, GPU clock, board RAM) during the timed window (default: on for --device jetson)."),
         batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8."),
+        precision: str = typer.Option("auto", "--precision", help="TensorRT engine precision: auto (read from the ONNX: Q/DQ -> int8, fp16 -> fp16) | fp32 | fp16 | int8."),
         baseline: str = typer.Option(None, "--baseline", help="unpruned | TIMM_NAME | PATH | none (default: unpruned for a run dir, else deit_base_patch16_224)."),
         warmup_s: float = typer.Option(1.0, "--warmup-s", help="Warm-up seconds per model."),
         duration_s: float = typer.Option(None, "--duration-s", help="Measured seconds per model per batch (default 3)."),
@@ -50,6 +53,8 @@ def register(app: typer.Typer) -> None:
             from ..deploy.bench.rules import load_rules
 
             rules = load_rules(gate)  # malformed rules fail before the run
+        if timeout is not None and not host:
+            raise VtpError("--timeout bounds a remote bench: use it with --host")
         if host:
             from ..deploy.bench.remote import run_remote
 
@@ -61,10 +66,14 @@ def register(app: typer.Typer) -> None:
                 args += ["--iters", str(iters)]
             if threads is not None:
                 args += ["--threads", str(threads)]
+            if tegrastats is not None:
+                args += ["--tegrastats" if tegrastats else "--no-tegrastats"]
+            if precision != "auto":
+                args += ["--precision", precision]
             if duration_s is not None and iters is not None:
                 raise VtpError("give --duration-s or --iters, not both")
             report = run_remote(host, list(artifacts), args, baseline=baseline, port=port, remote_cmd=remote_cmd,
-                                known_hosts=known_hosts, identity=identity)
+                                known_hosts=known_hosts, identity=identity, timeout=timeout)
         else:
             from ..deploy.bench.run import run_bench
 
@@ -74,7 +83,8 @@ def register(app: typer.Typer) -> None:
 
             report = run_bench(artifacts, backend=backend, device=device, batches=batch, baseline=baseline,
                                warmup_s=warmup_s, duration_s=duration_s, iters=iters, threads=threads,
-                               block_iters=block, seed=seed, cache_dir=cache_dir, progress=progress)
+                               block_iters=block, seed=seed, cache_dir=cache_dir, progress=progress,
+                               tegrastats=tegrastats, precision=precision)
         if json_out:
             write_json(report, json_out)
         if md:

@@ -8,6 +8,7 @@ import typer
 
 
 def pipeline(
+    ctx: typer.Context,
     recipe: Path = typer.Argument(None, help="Recipe YAML (default: the embedded quickstart)."),
     out: Path = typer.Option(None, "--out", help="Run directory (default: the recipe's output.dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set prune.rate=0.2"),
@@ -17,12 +18,13 @@ def pipeline(
     """Train → sparsify → prune → finetune → compact, into a run directory (resumable)."""
     from rich.console import Console
 
+    from ..train.events import EventLog
     from ..train.pipeline import run_pipeline
     from ..train.recipe import load_recipe
 
     console = Console(stderr=True)
     cfg = load_recipe(recipe, [*set_, *([f"prune.hardware={hardware}"] if hardware else [])])
-    report = run_pipeline(cfg, out, console)
+    report = run_pipeline(cfg, out, console, EventLog.for_format((ctx.obj or {}).get("log_format", "rich")))
     if not report:  # a non-zero torchrun rank: rank 0 reports
         return
     acc, params, macs = report["accuracy"], report["params"], report["macs"]

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .sites import read_dims
 
 
 class BlockWidths(BaseModel):
@@ -54,21 +55,19 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
     """The create_model kwargs that pin this VisionTransformer's shapes."""
     from timm.layers import LayerScale
 
+    dims = read_dims(model)
     blk = model.blocks[0]
-    fc1 = blk.mlp.fc1.linear if hasattr(blk.mlp.fc1, "linear") else blk.mlp.fc1
-    qkv = blk.attn.qkv.linear if hasattr(blk.attn.qkv, "linear") else blk.attn.qkv
-    pe = model.patch_embed
     kwargs = {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": pe.proj.in_channels,
+        "img_size": dims.img_size,
+        "patch_size": list(model.patch_embed.patch_size),
+        "in_chans": dims.in_chans,
         "num_classes": model.num_classes,
         "global_pool": model.global_pool,
-        "embed_dim": model.embed_dim,
-        "depth": len(model.blocks),
-        "num_heads": blk.attn.num_heads,
-        "mlp_ratio": fc1.out_features / model.embed_dim,
-        "qkv_bias": qkv.bias is not None,
+        "embed_dim": dims.embed_dim,
+        "depth": dims.depth,
+        "num_heads": dims.num_heads,
+        "mlp_ratio": dims.mlp_hidden / dims.embed_dim,
+        "qkv_bias": dims.qkv_bias,
         "init_values": 1e-5 if isinstance(blk.ls1, LayerScale) else None,
         "class_token": model.cls_token is not None,
         "reg_tokens": model.num_reg_tokens,

@@ -16,8 +16,10 @@ from torch import nn
 
 from ..errors import CheckpointError, PlanError
 from .arch import ArchSpec, BlockWidths, create_timm, describe
-from .gates import iter_gates
-from .plan import PrunePlan, apply_mask
+from .gates import check_supported, iter_gates
+from .plan import apply_mask
+from .schema import PrunePlan
+from .sites import site_linear
 
 
 class CompactAttention(nn.Module):
@@ -115,13 +117,12 @@ def build(spec: ArchSpec) -> nn.Module:
 def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths) -> CompactBlock:
     ref = model.blocks[index]
     attn = ref.attn
-    qkv = attn.qkv.linear if hasattr(attn.qkv, "linear") else attn.qkv
     return CompactBlock(
         dim=model.embed_dim,
         widths=widths,
         num_heads=attn.num_heads,
         head_dim=attn.head_dim,
-        qkv_bias=qkv.bias is not None,
+        qkv_bias=site_linear(ref, "qkv_in").bias is not None,
         norm1=copy.deepcopy(ref.norm1),
         norm2=copy.deepcopy(ref.norm2),
         act=copy.deepcopy(ref.mlp.act),
@@ -186,15 +187,6 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str)
     return state
 
 
-def _check_compactable(model: nn.Module) -> None:
-    from timm.layers import Mlp
-
-    for i, block in enumerate(model.blocks):
-        mlp = block.mlp
-        if not isinstance(mlp, Mlp) or mlp.fc1.linear.bias is None or block.attn.proj.linear.bias is None:
-            raise PlanError(f"block {i}: compaction needs biased fc1/fc2/proj layers")
-
-
 @torch.no_grad()
 def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """A new, gate-free module in which every pruned dim is physically removed.
@@ -204,7 +196,7 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
     if not any(True for _ in iter_gates(model)):
         raise PlanError("compact needs a gated model (add_gates, then plan)")
     plan.check_fits(model)
-    _check_compactable(model)
+    check_supported(model)  # timm layout with biased proj/fc1/fc2, which compaction folds into
     spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan)})
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     for b, block in enumerate(model.blocks):

@@ -1,14 +1,6 @@
 """VTP importance gates: learnable scores â that scale the input features of a Linear layer.
 
-Every one of the paper's four gate places is the input of a Linear layer in a timm ViT block:
-
-| kind         | gated features                          | Linear that reads them |
-|--------------|-----------------------------------------|------------------------|
-| `qkv_in`     | LayerNorm output entering qkv           | `attn.qkv`             |
-| `attn_v`     | attention output (the per-head V dims)  | `attn.proj`            |
-| `mlp_in`     | LayerNorm output entering fc1           | `mlp.fc1`              |
-| `mlp_hidden` | fc1 hidden output (after activation)    | `mlp.fc2`              |
-
+The paper's four gate places (`GATE_KINDS`) are Linear inputs of a timm ViT block; `sites` maps them.
 Gating the input of a Linear is what makes compaction exact: a zero gate removes one input column,
 and a kept gate value folds into that column.
 """
@@ -22,8 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
-
-GATE_KINDS: tuple[str, ...] = ("qkv_in", "attn_v", "mlp_in", "mlp_hidden")
+from .sites import GATE_KINDS, iter_sites, set_site, site, unbiased_sites
 
 
 class GatedLinear(nn.Module):
@@ -57,14 +48,6 @@ class GateRef:
         return f"blocks.{self.block}.{self.kind}"
 
 
-_GATE_SITES = {  # kind -> (parent attribute, linear attribute)
-    "qkv_in": ("attn", "qkv"),
-    "attn_v": ("attn", "proj"),
-    "mlp_in": ("mlp", "fc1"),
-    "mlp_hidden": ("mlp", "fc2"),
-}
-
-
 def check_supported(model: nn.Module) -> None:
     """Raise UnsupportedModelError unless `model` is a plain timm VisionTransformer layout."""
     from timm.layers import Mlp
@@ -91,10 +74,9 @@ def check_supported(model: nn.Module) -> None:
             raise UnsupportedModelError(f"{label}: block {i} uses gated attention, not supported")
         if not isinstance(mlp.norm, nn.Identity):
             raise UnsupportedModelError(f"{label}: block {i} MLP has an inner norm, not supported")
-        for name, lin in (("attn.proj", attn.proj), ("mlp.fc1", mlp.fc1), ("mlp.fc2", mlp.fc2)):
-            lin = getattr(lin, "linear", lin)
-            if lin.bias is None:
-                raise UnsupportedModelError(f"{label}: block {i} {name} has no bias (compaction folds into biases)")
+        missing = unbiased_sites(block)
+        if missing:
+            raise UnsupportedModelError(f"{label}: block {i} {missing[0]} has no bias (compaction folds into biases)")
 
 
 def _label(model: nn.Module) -> str:
@@ -111,23 +93,16 @@ def add_gates(model: nn.Module) -> nn.Module:
         raise UnsupportedModelError(f"{_label(model)}: model already has VTP gates")
     check_supported(model)
     for block in model.blocks:
-        for kind, (parent_name, linear_name) in _GATE_SITES.items():
-            parent = getattr(block, parent_name)
-            setattr(parent, linear_name, GatedLinear(getattr(parent, linear_name), kind))
+        for kind in GATE_KINDS:
+            set_site(block, kind, GatedLinear(site(block, kind), kind))
     return model
 
 
 def iter_gates(model: nn.Module) -> Iterator[GateRef]:
     """All gates in block order, then kind order."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        return
-    for i, block in enumerate(blocks):
-        for kind, (parent_name, linear_name) in _GATE_SITES.items():
-            parent = getattr(block, parent_name, None)
-            module = getattr(parent, linear_name, None) if parent is not None else None
-            if isinstance(module, GatedLinear):
-                yield GateRef(i, kind, module)
+    for i, kind, module in iter_sites(model):
+        if isinstance(module, GatedLinear):
+            yield GateRef(i, kind, module)
 
 
 def require_gates(model: nn.Module) -> list[GateRef]:

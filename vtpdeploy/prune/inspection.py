@@ -6,22 +6,13 @@ from torch import nn
 from torch.utils import flop_counter
 
 from .counting import _custom_mapping, _input_shape, count
-from .gates import GATE_KINDS
+from .sites import GATE_KINDS, read_block_dims
 
 
 def block_widths(block: nn.Module) -> dict:
-    """Kept / full width at each gate place, for timm, gated or compact blocks."""
-    from .compact import CompactBlock
-
-    attn, mlp = block.attn, block.mlp
-    if isinstance(block, CompactBlock):
-        return {"qkv_in": attn.qkv.in_features, "attn_v": sum(attn.v_dims), "mlp_in": mlp.fc1.in_features,
-                "mlp_hidden": mlp.fc1.out_features, "v_dims": list(attn.v_dims)}
-    lin = lambda m: getattr(m, "linear", m)  # noqa: E731  (gated or plain)
-    gate = lambda m: getattr(m, "gate", None)  # noqa: E731
-    kept = lambda m: int((gate(m) != 0).sum()) if gate(m) is not None else lin(m).in_features  # noqa: E731
-    return {"qkv_in": kept(attn.qkv), "attn_v": kept(attn.proj), "mlp_in": kept(mlp.fc1),
-            "mlp_hidden": kept(mlp.fc2), "v_dims": [attn.head_dim] * attn.num_heads}
+    """Kept width at each gate place and V dims per head, for timm, gated or compact blocks."""
+    dims = read_block_dims(block)
+    return {**dims.kept, "v_dims": dims.v_dims}
 
 
 def block_table(model: nn.Module, img_size) -> tuple[list[dict], dict]:

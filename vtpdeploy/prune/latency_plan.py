@@ -19,9 +19,11 @@ from torch import nn
 
 from ..errors import PlanError, VtpError
 from ..fileio import atomic_write_text
-from .gates import GATE_KINDS, check_supported
-from .plan import GatePlan, PrunePlan, WidthConstraints, importance_scores
-from .widths import _Gate, select_kept
+from .gates import check_supported
+from .plan import importance_scores
+from .schema import PrunePlan, WidthConstraints
+from .sites import read_dims
+from .widths import WidthLadder, gate_plans
 
 
 class Grid(BaseModel):
@@ -140,16 +142,14 @@ def plan_for_latency(
         raise PlanError(f"target latency must be > 0 ms, got {target_ms}")
     check_supported(model)
     constraints = constraints or WidthConstraints()
-    attn = model.blocks[0].attn
-    heads, hd = attn.num_heads, attn.head_dim
-    if table.num_heads != heads or table.head_dim != hd or table.depth != len(model.blocks) \
-            or table.key.get("embed_dim") != model.embed_dim:
+    dims = read_dims(model)
+    heads, hd, depth = dims.num_heads, dims.head_dim, dims.depth
+    if (table.num_heads, table.head_dim, table.depth, table.key.get("embed_dim")) != (heads, hd, depth, dims.embed_dim):
         raise PlanError("latency table was measured for a different model shape")
     scores = importance_scores(model, importance)
-    gates = {k: _Gate(s, k[1], constraints, heads, hd) for k, s in scores.items()}
+    gates = {k: WidthLadder(s, k[1], constraints, heads, hd) for k, s in scores.items()}
     for g in gates.values():
         g.i = len(g.choices) - 1
-    depth = len(model.blocks)
     part_ms = {(b, p): _block_ms(table, gates, b, p) for b in range(depth) for p in ("attn", "mlp")}
     predicted = table.stem_ms + sum(part_ms.values())
     while predicted > target_ms:
@@ -178,15 +178,12 @@ def plan_for_latency(
         predicted += new - part_ms[(b, part)]
         part_ms[(b, part)] = new
 
-    gate_plans = []
-    for (b, kind) in sorted(scores, key=lambda k: (k[0], GATE_KINDS.index(k[1]))):
-        kept = select_kept(scores[(b, kind)], gates[(b, kind)].count, kind, constraints, heads, hd)
-        gate_plans.append(GatePlan(block=b, kind=kind, size=scores[(b, kind)].numel(), kept=kept))
-    total = sum(g.size for g in gate_plans)
-    kept_n = sum(len(g.kept) for g in gate_plans)
+    plans = gate_plans(scores, {k: g.count for k, g in gates.items()}, constraints, heads, hd)
+    total = sum(g.size for g in plans)
+    kept_n = sum(len(g.kept) for g in plans)
     plan = PrunePlan(rate=round(1.0 - kept_n / total, 6), scope="global", importance=importance, num_heads=heads,
                      head_dim=hd, thresholds={"target_ms": float(target_ms), "predicted_ms": float(predicted)},
-                     constraints=constraints.model_copy(deep=True), gates=gate_plans)
+                     constraints=constraints.model_copy(deep=True), gates=plans)
     plan.check_consistent()
     return plan
 

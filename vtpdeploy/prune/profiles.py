@@ -1,8 +1,8 @@
 """Hardware profiles: width constraints that make saved MACs real latency on a target runtime.
 
-    from vtpdeploy.prune.profiles import constraints_for, plan_for_hardware, check_plan, check_model
-    c = constraints_for("cpu")                       # a WidthConstraints with profile="cpu"
-    p = plan_for_hardware(gated_model, 0.4, "cpu")  # == plan(..., constraints=c)
+    from vtpdeploy.prune.profiles import constraints_for, check_plan, check_model
+    c = constraints_for("cpu")                           # a WidthConstraints with profile="cpu"
+    p = plan(gated_model, 0.4, constraints=c)
     assert not check_plan(p, c) and not check_model(compact(gated_model, p), c)
 
 | profile       | round_to (qkv_in / V per head / mlp_in / mlp_hidden) | V heads aligned | allowed V head dims | min widths (qkv_in, mlp_in, mlp_hidden) |
@@ -27,10 +27,19 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..errors import PlanError
-from .plan import PrunePlan, WidthConstraints
+from .schema import PrunePlan, WidthConstraints
+from .sites import read_dims
+from .widths import feasible_counts
 
 _FP16_HEAD_DIMS = list(range(16, 257, 8))
 _INT8_HEAD_DIMS = [16, 32, 64]
+_INT8 = WidthConstraints(
+    profile="gpu-int8",
+    round_to={"qkv_in": 32, "attn_v": 16, "mlp_in": 32, "mlp_hidden": 64},
+    head_aligned_v=True,
+    v_head_dims=_INT8_HEAD_DIMS,
+    min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
+)
 
 PROFILES: dict[str, WidthConstraints] = {
     "none": WidthConstraints(profile="none"),
@@ -48,23 +57,9 @@ PROFILES: dict[str, WidthConstraints] = {
         v_head_dims=_FP16_HEAD_DIMS,
         min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
     ),
-    "gpu-int8": WidthConstraints(
-        profile="gpu-int8",
-        round_to={"qkv_in": 32, "attn_v": 16, "mlp_in": 32, "mlp_hidden": 64},
-        head_aligned_v=True,
-        v_head_dims=_INT8_HEAD_DIMS,
-        min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
-    ),
-    "jetson-orin": WidthConstraints(
-        profile="jetson-orin",
-        round_to={"qkv_in": 32, "attn_v": 16, "mlp_in": 32, "mlp_hidden": 64},
-        head_aligned_v=True,
-        v_head_dims=_INT8_HEAD_DIMS,
-        min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
-    ),
+    "gpu-int8": _INT8,
+    "jetson-orin": _INT8.model_copy(update={"profile": "jetson-orin"}, deep=True),  # Orin GPU/DLA INT8: as gpu-int8
 }
-
-DEFAULT_PROFILE = "cpu"
 
 # Runtime limits checked on the compact model (not expressible as WidthConstraints fields).
 LIMITS: dict[str, dict] = {
@@ -96,23 +91,6 @@ def constraints_for(name: str | None) -> WidthConstraints:
     return PROFILES[key].model_copy(deep=True)
 
 
-def plan_for_hardware(model: nn.Module, rate: float, profile: str | WidthConstraints = DEFAULT_PROFILE,
-                      scope: str = "global", importance: str = "gate") -> PrunePlan:
-    """Plan at `rate` under a profile, with the total-rate correction of `widths.allocate`.
-
-    Plans paper-faithfully first (profile `none`), then re-allocates the kept counts under the profile,
-    so it works whether or not `plan()` already calls `allocate` (same result in both cases).
-    """
-    from .plan import importance_scores, plan
-    from .widths import constrain_plan
-
-    constraints = profile if isinstance(profile, WidthConstraints) else constraints_for(profile)
-    base = plan(model, rate, scope=scope, importance=importance, constraints=WidthConstraints())
-    if constraints.profile == "none" and constraints == WidthConstraints():
-        return base
-    return constrain_plan(base, importance_scores(model, importance), constraints)
-
-
 def _allowed_v(c: WidthConstraints, head_dim: int) -> list[int] | None:
     if c.v_head_dims:
         return [d for d in c.v_head_dims if d <= head_dim] or [head_dim]
@@ -121,8 +99,6 @@ def _allowed_v(c: WidthConstraints, head_dim: int) -> list[int] | None:
 
 def check_plan(plan: PrunePlan, constraints: WidthConstraints | None = None) -> list[str]:
     """Violations of `constraints` (default: the plan's own) in `plan`; [] when it complies."""
-    from .widths import feasible_counts
-
     c = constraints or plan.constraints
     bad = []
     for g in plan.gates:
@@ -151,38 +127,29 @@ def _check_v(where: str, v: list[int], c: WidthConstraints, head_dim: int) -> li
 
 def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | None = None) -> list[str]:
     """Violations of a profile in a compact model (widths, head dims incl. unpruned Q/K, sequence)."""
-    from .compact import CompactAttention, CompactMlp
-
     c = constraints
     limits = LIMITS.get(c.profile, {})
+    dims = read_dims(model)
+    full = {"qkv_in": dims.embed_dim, "mlp_in": dims.embed_dim, "mlp_hidden": None}
     bad = []
-    dim = getattr(model, "embed_dim", None)
-    for i, blk in enumerate(model.blocks):
-        attn, mlp = blk.attn, blk.mlp
-        if not isinstance(attn, CompactAttention) or not isinstance(mlp, CompactMlp):
+    for i, blk in enumerate(dims.blocks):
+        if not blk.compact:
             continue  # an unpruned block: full widths are always allowed
-        widths = {"qkv_in": attn.qkv.in_features, "mlp_in": mlp.fc1.in_features, "mlp_hidden": mlp.fc1.out_features}
-        sizes = {"qkv_in": dim, "mlp_in": dim, "mlp_hidden": None}
-        for kind, w in widths.items():
-            m, lo = c.round_to.get(kind, 1), c.min_for(kind)
-            full = sizes[kind]
-            if w % m and w != full:
+        for kind, full_width in full.items():
+            w, m, lo = blk.size[kind], c.round_to.get(kind, 1), c.min_for(kind)
+            if w % m and w != full_width:
                 bad.append(f"blocks.{i}.{kind}: width {w} is not a multiple of {m}")
-            if w < lo and w != full:
+            if w < lo and w != full_width:
                 bad.append(f"blocks.{i}.{kind}: width {w} below the minimum {lo}")
         if c.head_aligned_v or c.v_head_dims:
-            bad += _check_v(f"blocks.{i}", list(attn.v_dims), c, attn.head_dim)
+            bad += _check_v(f"blocks.{i}", blk.v_dims, c, blk.head_dim)
         qk = limits.get("qk_head_dims")
-        if qk is not None and attn.head_dim not in qk:
-            bad.append(f"blocks.{i}: Q/K head dim {attn.head_dim} not in the fused-MHA set for {c.profile}")
+        if qk is not None and blk.head_dim not in qk:
+            bad.append(f"blocks.{i}: Q/K head dim {blk.head_dim} not in the fused-MHA set for {c.profile}")
     max_seq = limits.get("max_seq")
-    if max_seq is not None:
-        if tokens is None:
-            pe = getattr(model, "patch_embed", None)
-            n = getattr(pe, "num_patches", None)
-            tokens = (n + getattr(model, "num_prefix_tokens", 1)) if n else None
-        if tokens is not None and tokens > max_seq:
-            bad.append(f"sequence length {tokens} exceeds {max_seq} (INT8 fused MHA)")
+    tokens = dims.tokens if tokens is None else tokens
+    if max_seq is not None and tokens is not None and tokens > max_seq:
+        bad.append(f"sequence length {tokens} exceeds {max_seq} (INT8 fused MHA)")
     return bad
 
 

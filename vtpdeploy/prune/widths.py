@@ -13,7 +13,8 @@ Three steps turn importance scores into a hardware-friendly plan:
    equal-sized steps from low- to high-scoring gates while that raises the kept importance. Plain
    per-gate rounding drifts: with a global τ, most gates are near-full or near-empty, and rounding
    "to nearest" is biased by the clamps at both ends; the correction removes the drift.
-3. `select_kept` — the kept indices of one gate: its best-scoring dims (per head for aligned V).
+3. `select_kept` — the kept indices of one gate: its best-scoring dims (per head for aligned V);
+   `gate_plans` does it for every gate.
 
 `min_width[kind]` is a total per gate; for head-aligned `attn_v` the per-head minimum is
 `ceil(min_width["attn_v"] / num_heads)` and `round_to["attn_v"]` is the per-head multiple.
@@ -26,9 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from .plan import WidthConstraints
-
-Key = tuple[int, str]
+from .schema import GatePlan, WidthConstraints
+from .sites import Key, site_order
 
 
 def _aligned_v(kind: str, constraints: WidthConstraints) -> bool:
@@ -72,8 +72,8 @@ def nearest(choices: Sequence[int], n: int) -> int:
     return min(choices, key=lambda c: (abs(c - n), -c))
 
 
-class _Gate:
-    """One gate's feasible counts and the importance kept at each of them."""
+class WidthLadder:
+    """One gate's feasible counts (its rungs), the importance kept at each, and the current rung `i`."""
 
     def __init__(self, scores: torch.Tensor, kind: str, constraints: WidthConstraints, num_heads: int, head_dim: int):
         s = scores.detach().float().cpu()
@@ -126,7 +126,7 @@ def allocate(
     groups = [list(g) for g in groups] if groups is not None else [keys_all]
     out: dict[Key, int] = {}
     for keys in groups:
-        gates = {k: _Gate(scores[k], k[1], constraints, num_heads, head_dim) for k in keys}
+        gates = {k: WidthLadder(scores[k], k[1], constraints, num_heads, head_dim) for k in keys}
         for k, g in gates.items():
             g.i = g.choices.index(nearest(g.choices, int(counts[k])))
         if not is_trivial(constraints):
@@ -136,7 +136,7 @@ def allocate(
     return out
 
 
-def _correct_total(gates: dict[Key, _Gate], target: int) -> None:
+def _correct_total(gates: dict[Key, WidthLadder], target: int) -> None:
     total = sum(g.count for g in gates.values())
     while total != target:
         gap = target - total
@@ -157,7 +157,7 @@ def _correct_total(gates: dict[Key, _Gate], target: int) -> None:
         total += g.count - before
 
 
-def _swap_for_importance(gates: dict[Key, _Gate], max_swaps: int) -> None:
+def _swap_for_importance(gates: dict[Key, WidthLadder], max_swaps: int) -> None:
     """Move one step from the gate with the worst marginal dims to the best, for equal steps."""
     for _ in range(max_swaps):
         ups: dict[int, tuple[float, Key]] = {}
@@ -210,30 +210,19 @@ def select_kept(
     return _top(scores, n)
 
 
-def constrain_plan(plan, scores: Mapping[Key, torch.Tensor], constraints: WidthConstraints):
-    """Re-allocate an existing (e.g. `none`) plan's kept counts under `constraints`.
-
-    Uses the plan's scope as groups, the plan's kept counts as the targets; returns a new PrunePlan
-    recording `constraints` (and so `constraints.profile`). Equivalent to planning with the
-    `allocate` hook inside `vtpdeploy.plan.plan`.
-    """
-    from .gates import GATE_KINDS
-    from .plan import GatePlan
-
-    counts = {(g.block, g.kind): len(g.kept) for g in plan.gates}
-    groups: dict[str, list[Key]] = {}
-    for key in counts:
-        group = {"global": "global", "per_kind": key[1], "per_layer": f"blocks.{key[0]}.{key[1]}"}[plan.scope]
-        groups.setdefault(group, []).append(key)
-    alloc = allocate(counts, scores, constraints, plan.num_heads, plan.head_dim, groups.values())
-    gates = []
-    for (block, kind) in sorted(counts, key=lambda k: (k[0], GATE_KINDS.index(k[1]))):
-        s = scores[(block, kind)]
-        kept = select_kept(s, alloc[(block, kind)], kind, constraints, plan.num_heads, plan.head_dim)
-        gates.append(GatePlan(block=block, kind=kind, size=s.numel(), kept=kept))
-    out = plan.model_copy(update={"constraints": constraints.model_copy(deep=True), "gates": gates}, deep=True)
-    out.check_consistent()
-    return out
+def gate_plans(
+    scores: Mapping[Key, torch.Tensor],
+    counts: Mapping[Key, int],
+    constraints: WidthConstraints,
+    num_heads: int,
+    head_dim: int,
+) -> list[GatePlan]:
+    """The GatePlan of every gate (in site order): its `counts[key]` best-scoring dims."""
+    return [
+        GatePlan(block=key[0], kind=key[1], size=scores[key].numel(),
+                 kept=select_kept(scores[key], counts[key], key[1], constraints, num_heads, head_dim))
+        for key in sorted(scores, key=site_order)
+    ]
 
 
 def rate_bound(constraints: WidthConstraints, sizes: Mapping[Key, int], num_heads: int, head_dim: int) -> float:

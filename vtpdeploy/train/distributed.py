@@ -55,3 +55,12 @@ def broadcast(info: DistInfo, obj):
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(info: DistInfo, obj) -> list | None:
+    """Every rank's `obj`, in rank order, on rank 0 (None on the others); collective: all ranks must call it."""
+    if not info.enabled:
+        return [obj]
+    box = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, box, dst=0)
+    return box

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..fileio import atomic_path
 from ..prune.gates import gate_parameters, l1_penalty
-from .distributed import DistInfo
+from .distributed import DistInfo, gather_objects
 from .recipe import OptimSection
 
 
@@ -86,7 +86,27 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype("uint32"), state["numpy"]["pos"], 0, 0.0))
     random.setstate((state["python_version"], tuple(state["python"]), None))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU of the saving run; a resume with fewer GPUs restores those that exist
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def resume_rng(state: dict, dist: DistInfo, log: Callable[[str], None] | None = None) -> dict | None:
+    """This rank's RNG state from a checkpoint, or None (with a warning) when the world size changed.
+
+    Checkpoints hold every rank's state (`rng_per_rank`); older ones only rank 0's (`rng`), which is
+    right for a single process only.
+    """
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == dist.world_size:
+        return per_rank[dist.rank]
+    if per_rank is None and dist.world_size == 1:
+        return state.get("rng")
+    saved = len(per_rank) if per_rank is not None else "unknown"
+    if log:
+        log(f"warning: checkpoint RNG states are from world size {saved}, this run has {dist.world_size}: "
+            f"the resumed epoch's augmentation draws differ from an uninterrupted run")
+    return None
 
 
 @torch.no_grad()
@@ -106,6 +126,23 @@ def evaluate(model: nn.Module, loader, device: str = "cpu") -> float:
 def _save_checkpoint(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+_CHECKPOINTS_WRITTEN: dict[str, int] = {}
+
+
+def _crash_after_checkpoint_if_asked(stage: str) -> None:
+    """Test hook: VTPDEPLOY_CRASH_AFTER_CHECKPOINT=<stage>:<n> SIGKILLs this process right after the n-th
+    checkpoint of `stage` is written, so kill -9 resume tests need no polling and no sleeps."""
+    import os
+    import signal
+
+    spec = os.environ.get("VTPDEPLOY_CRASH_AFTER_CHECKPOINT")
+    if not spec:
+        return
+    _CHECKPOINTS_WRITTEN[stage] = _CHECKPOINTS_WRITTEN.get(stage, 0) + 1
+    if spec == f"{stage}:{_CHECKPOINTS_WRITTEN[stage]}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _load_checkpoint(path: Path) -> dict | None:
@@ -178,7 +215,8 @@ def fit(
 
     `make_loader(epoch, skip_batches)` returns that epoch's seeded loader of micro-batches, starting
     after `skip_batches`. Checkpoints (rank 0 writes) hold model, optimizer, scheduler, scaler, epoch and
-    step; one with the same `stage_key` is resumed from, a stale one is ignored.
+    step, and every rank's RNG state (each rank resumes its own); one with the same `stage_key` is resumed
+    from, a stale one is ignored. Autocast covers forward and loss; backward runs outside it.
     """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -200,16 +238,18 @@ def fit(
     amp_dtype = torch.bfloat16 if setup.amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and setup.amp == "fp16")
     start_epoch, start_micro = 0, 0
-    resume_rng = None
+    resume_state = None
     state = _load_checkpoint(checkpoint_path) if checkpoint_path else None
     if state is not None and state.get("stage_key") == stage_key:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
+        if state.get("scaler"):  # empty when saved without fp16 AMP: a fresh scaler starts instead
             scaler.load_state_dict(state["scaler"])
+        elif scaler.is_enabled() and log:
+            log(f"{description}: checkpoint has no GradScaler state (saved without fp16 AMP); starting a fresh one")
         start_epoch, start_micro = int(state["epoch"]), int(state.get("micro_step", 0))
-        resume_rng = state.get("rng")
+        resume_state = state
         if start_micro >= micro_per_epoch:
             start_epoch, start_micro = start_epoch + 1, 0
         history = History(**state["history"])
@@ -231,15 +271,20 @@ def fit(
         net = DDP(model, device_ids=[setup.dist.local_rank] if str(device).startswith("cuda") else None)
     if setup.teacher is not None:
         setup.teacher.eval()
-    do_save = checkpoint_path is not None and setup.dist.is_main
+    do_save = checkpoint_path is not None  # every rank takes part (RNG states are gathered); rank 0 writes
 
     def save_state(epoch: int, micro: int) -> None:
+        per_rank = gather_objects(setup.dist, rng_state())
+        if not setup.dist.is_main:
+            return
         _save_checkpoint(checkpoint_path, {
             "stage_key": stage_key, "epoch": epoch, "micro_step": micro, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": history.as_dict(), "rng": rng_state(),
+            "scaler": scaler.state_dict(), "history": history.as_dict(), "rng": per_rank[0],
+            "rng_per_rank": per_rank, "world_size": setup.dist.world_size,
             **({"ema": ema.module.state_dict()} if ema is not None else {}),
         })
+        _crash_after_checkpoint_if_asked(description)
 
     done_steps = start_epoch * steps_per_epoch + start_micro // setup.accum_steps
     task = progress.add_task(description, total=total_steps, completed=done_steps) if progress else None
@@ -247,8 +292,10 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         skip = start_micro if epoch == start_epoch else 0
         seed_everything(seed * 100003 + epoch * 1009 + skip + 7919 * setup.dist.rank)
-        if resume_rng is not None and epoch == start_epoch and skip > 0:
-            set_rng_state(resume_rng)  # continue the interrupted epoch's random stream
+        if resume_state is not None and epoch == start_epoch and skip > 0:
+            rank_rng = resume_rng(resume_state, setup.dist, log)
+            if rank_rng is not None:
+                set_rng_state(rank_rng)  # continue this rank's interrupted random stream
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "ce": 0.0, "l1": 0.0}
         n = 0
@@ -261,13 +308,14 @@ def fit(
                 x, soft = mixup(x, y)
             boundary = (micro + 1) % setup.accum_steps == 0 or micro + 1 == micro_per_epoch
             sync = contextlib.nullcontext() if boundary or not setup.dist.enabled else net.no_sync()
-            with sync, torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
-                ce = _task_loss(net, x, y, soft, cfg, setup)
-                loss = ce
-                if l1_lambda > 0:
-                    l1 = l1_penalty(model)
-                    loss = ce + l1_lambda * l1
-                    sums["l1"] += l1.item()
+            with sync:
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):  # forward and loss only
+                    ce = _task_loss(net, x, y, soft, cfg, setup)
+                    loss = ce
+                    if l1_lambda > 0:
+                        l1 = l1_penalty(model)
+                        loss = ce + l1_lambda * l1
+                        sums["l1"] += l1.item()
                 scaler.scale(loss / setup.accum_steps).backward()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"{description}: loss is {loss.item()} at epoch {epoch}")
@@ -295,11 +343,12 @@ def fit(
         history.ce.append(sums["ce"] / max(1, n))
         history.l1.append(sums["l1"] / max(1, n))
         history.epoch_seconds.append(round(time.perf_counter() - t0, 3))
+        if on_epoch:  # before the checkpoint: a resume never skips an epoch's log row
+            on_epoch(epoch, {"loss": history.loss[-1], "ce": history.ce[-1], "l1": history.l1[-1],
+                             "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": history.epoch_seconds[-1]})
         last = epoch == cfg.epochs - 1
         if do_save and not last and (epoch + 1) % cfg.checkpoint_every == 0:
             save_state(epoch + 1, 0)
-        if on_epoch:
-            on_epoch(epoch, {"loss": history.loss[-1], "ce": history.ce[-1], "l1": history.l1[-1]})
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())  # the stage's result is the averaged model
     return history

@@ -31,8 +31,11 @@ from ..prune.gates import add_gates, check_supported, iter_gates, set_gates_trai
 from ..prune.plan import PrunePlan, apply_mask, plan
 from ..prune.saving import load, load_weights, save
 from .distributed import DistInfo, barrier, broadcast, init_distributed, shutdown
+from .epoch_log import EpochLogger, epoch_hook, require_tensorboard
+from .events import EventLog
 from .loop import LoopSetup, evaluate, fit, seed_everything
 from .recipe import Recipe, dump_recipe, section_json
+from .report import environment, save_gate_scores, write_run_report
 from .rundir import RunDir
 
 STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
@@ -47,6 +50,7 @@ class Context:
     data_config: dict
     progress: object | None = None
     dist: DistInfo = field(default_factory=DistInfo)
+    events: EventLog = field(default_factory=EventLog)
 
     @property
     def path(self) -> Path:
@@ -85,7 +89,9 @@ class Context:
             save(model, path)
 
     def log(self, msg: str) -> None:
-        if self.is_main:
+        if self.is_main and self.events.enabled:
+            self.events.emit("log", message=msg)
+        elif self.is_main:
             self.console.log(msg)
 
     @property
@@ -135,6 +141,8 @@ def validate_inputs(recipe: Recipe, world_size: int = 1) -> nn.Module:
     """Everything that can be checked before expensive work; returns the created model."""
     validate_data(recipe.data)
     micro_batching(recipe, world_size)
+    if "tensorboard" in recipe.log:
+        require_tensorboard()
     if recipe.model.checkpoint is not None and not Path(recipe.model.checkpoint).is_file():
         raise CheckpointError(f"model.checkpoint: {recipe.model.checkpoint} not found")
     model = create_model(recipe)
@@ -149,6 +157,13 @@ def _key(*parts: str) -> str:
     return sha256_text("\n".join(parts))[:16]
 
 
+def compute_settings(recipe: Recipe) -> str:
+    """Device type and the AMP mode training really uses (AMP is CUDA only): part of every stage key, so a
+    checkpoint written on CPU is never resumed as a CUDA fp16 run (and vice versa)."""
+    device = recipe.device.split(":")[0]
+    return f"device={device} amp={recipe.amp if device == 'cuda' else 'none'}"
+
+
 def _base_key(recipe: Recipe) -> str:
     ckpt = recipe.model.checkpoint
     ckpt_hash = sha256_file(ckpt) if ckpt is not None else ""
@@ -158,10 +173,17 @@ def _base_key(recipe: Recipe) -> str:
 # -- stages ---------------------------------------------------------------------------------------
 def _fit(ctx: Context, model: nn.Module, section, key: str, name: str, seed_offset: int, **kw):
     r = ctx.recipe
-    return fit(model, lambda e, skip: ctx.loader("train", e, skip), section, seed=r.seed + seed_offset,
-               stage_key=key, checkpoint_path=ctx.path / "ckpt" / f"{name}.pt", device=ctx.dist.device,
-               progress=ctx.progress, description=name, log=ctx.log, mixup=ctx.mixup(section.label_smoothing),
-               **kw)
+    logger = EpochLogger(ctx.path, name, r.log) if ctx.is_main and r.log else None  # rank 0 writes logs
+    events = ctx.events if ctx.is_main else EventLog()
+    on_epoch = epoch_hook(name, section.epochs, model, lambda: ctx.evaluate(model), logger, events)
+    try:
+        return fit(model, lambda e, skip: ctx.loader("train", e, skip), section, seed=r.seed + seed_offset,
+                   stage_key=key, checkpoint_path=ctx.path / "ckpt" / f"{name}.pt", device=ctx.dist.device,
+                   progress=ctx.progress, description=name, log=ctx.log, mixup=ctx.mixup(section.label_smoothing),
+                   on_epoch=on_epoch, **kw)
+    finally:
+        if logger is not None:
+            logger.close()
 
 
 def _stage_train(ctx: Context, model: nn.Module, key: str) -> dict:
@@ -200,6 +222,7 @@ def _stage_prune(ctx: Context, key: str) -> dict:
     p, latency = make_plan(model, r, ctx.log)
     if ctx.is_main:
         p.save(ctx.path / "plan.json")
+        save_gate_scores(model, p, ctx.path / "gate_scores.json")  # for the report's histograms (before masking)
     acc = ctx.evaluate(apply_mask(model, p))
     ctx.log(f"prune: profile {p.constraints.profile}, realised rate {p.realised_rate:.3f}, "
             f"hard-mask val top-1 {acc:.2f} %")
@@ -320,11 +343,23 @@ def _write_report(ctx: Context, wall_s: float) -> dict:
         "latency_plan": m["prune"].get("latency"),
         "stage_seconds": {n: stages[n].get("duration_s") for n in STAGES if n in stages},
         "wall_seconds": round(wall_s, 2),
+        "environment": environment(ctx.run.manifest.get("packages")),
     }
     if ctx.recipe.export.enabled and m["export"]:
         report["export"] = m["export"].get("export")
     atomic_write_json(ctx.path / "report.json", report)
     return report
+
+
+def _write_report_md(ctx: Context) -> None:
+    """report.md + figures; a failure here never fails the finished run (`vtpdeploy report RUN` retries)."""
+    try:
+        path = write_run_report(ctx.path)
+    except Exception as exc:  # noqa: BLE001 - every result is already on disk
+        ctx.log(f"report: report.md not written ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                f"retry with `vtpdeploy report {ctx.path}`")
+    else:
+        ctx.log(f"report: wrote {path}")
 
 
 def _progress(console: Console, enabled: bool = True):
@@ -340,12 +375,15 @@ def _progress(console: Console, enabled: bool = True):
                     console=console, disable=not (enabled and console.is_terminal), transient=False)
 
 
-def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | None = None) -> dict:
+def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | None = None,
+                 events: EventLog | None = None) -> dict:
     """Run every stage not already done with the same inputs; returns the report.
 
-    Under torchrun every rank trains (DDP); only rank 0 writes to the run dir.
+    Under torchrun every rank trains (DDP); only rank 0 writes to the run dir. `events`: JSON progress
+    lines (`--log-format json`) instead of the rich console.
     """
     console = console or Console(stderr=True)
+    events = events or EventLog()
     out = Path(out or recipe.output.dir)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -354,12 +392,13 @@ def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | Non
         if info.is_main:
             RunDir.check_usable(out)
         model = validate_inputs(recipe, info.world_size)  # all cheap checks before touching the run dir
-        return _run_stages(recipe, out, console, info, model)
+        return _run_stages(recipe, out, console, info, model, events if info.is_main else EventLog())
     finally:
         shutdown(info)
 
 
-def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module) -> dict:
+def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module,
+                events: EventLog) -> dict:
     t_start = time.perf_counter()
     run = RunDir(out, world_size=info.world_size)
     with run if info.is_main else contextlib.nullcontext():  # rank 0 holds the lock
@@ -369,8 +408,8 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
         recipe = recipe.model_copy(update={"output": recipe.output.model_copy(update={"dir": out})})
         if info.is_main:
             atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
-        ctx = Context(recipe, run, console, _model_data_config(model), dist=info)
-        with _progress(console, enabled=info.is_main) as progress:
+        ctx = Context(recipe, run, console, _model_data_config(model), dist=info, events=events)
+        with _progress(console, enabled=info.is_main and not events.enabled) as progress:
             ctx.progress = progress
             upstream = _base_key(recipe)
             for i, name in enumerate(STAGES):
@@ -378,11 +417,14 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
                     continue
                 prev = STAGES[i - 1] if i else None
                 art = json.dumps(run.artifact_hashes(prev), sort_keys=True) if prev else ""
-                key = _key(upstream, section_json(recipe, STAGE_SECTION.get(name, name)), art, name)
+                key = _key(upstream, section_json(recipe, STAGE_SECTION.get(name, name)), art, name,
+                           compute_settings(recipe))
                 upstream = key
                 if broadcast(info, run.is_done(name, key) if info.is_main else None):
                     ctx.log(f"{name}: up to date, skipped")
+                    events.emit("stage_skip", stage=name, key=key)
                     continue
+                events.emit("stage_start", stage=name, key=key)
                 t0 = 0.0
                 if info.is_main:
                     run.invalidate_from(list(STAGES[i:]))
@@ -392,12 +434,18 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
                 barrier(info)
                 if info.is_main:
                     run.finish(name, key, t0, artifacts, metrics)
+                    events.emit("stage_end", stage=name, key=key, duration_s=run.stage(name).get("duration_s"),
+                                accuracy=metrics.get("accuracy"))
                     with contextlib.suppress(FileNotFoundError):
                         (out / "ckpt" / f"{name}.pt").unlink()
                 barrier(info)
                 if not info.is_main:
                     run.manifest = json.loads(run.manifest_path.read_text())
         report = _write_report(ctx, time.perf_counter() - t_start) if info.is_main else {}
+        if info.is_main:
+            _write_report_md(ctx)
+            events.emit("pipeline_end", run_dir=str(out), report=str(out / "report.json"),
+                        accuracy=report["accuracy"], params=report["params"], macs=report["macs"])
         barrier(info)
     return report
 

@@ -114,6 +114,10 @@ class Recipe(Section):
     device: str = "cpu"
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
+    log: list[Literal["csv", "tensorboard"]] = Field(
+        default_factory=lambda: ["csv"], description="per-epoch logs of train/sparsify/finetune under logs/<stage>/: "
+        "csv (timm-style summary.csv), tensorboard (needs the tensorboard extra); [] turns both and the per-epoch "
+        "validation off. Not part of any stage key.")
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)

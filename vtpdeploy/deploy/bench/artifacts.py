@@ -36,6 +36,8 @@ class Artifact:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
     label: str = ""
+    precision: str = "auto"  # TensorRT engine precision: auto (read from the ONNX) | fp32 | fp16 | int8
+    trt_info: dict[int, dict] = field(default_factory=dict)  # batch -> what the engine timed there is
     _source: Any = None
     _counts: dict | None = None
     _sha: str | None = None
@@ -169,16 +171,14 @@ class Artifact:
             files = self.files()
             return self.module(), (files[0] if files else None)
         if backend == "trt":
+            from .engines import engine_record, engine_for
+
             if self.kind == "engine":
+                self.trt_info[batch] = engine_record(self.path, self.precision)
                 return self.path, self.path
             onnx_path = self.onnx_for(batch, threads)
-            engine = onnx_path.with_suffix(".engine")
-            if not engine.is_file():
-                from ..export.trt_build import (
-                    build_engine,  # the one engine builder (export's)
-                )
-
-                build_engine(onnx_path, engine, precision="fp32", input_shape=list(onnx_input_shape(onnx_path)))
+            engine, self.trt_info[batch] = engine_for(onnx_path, self.precision, batch,
+                                                      self._engine_folder(onnx_path))
             return engine, engine
         if self.kind == "engine":
             raise VtpError(f"{self.spec}: a TensorRT engine only runs on --backend trt")
@@ -194,6 +194,16 @@ class Artifact:
                 stale.unlink(missing_ok=True)  # an older export of a model that has since changed
             self._export(path, batch, threads)
         return path
+
+    def _engine_folder(self, onnx_path: Path) -> Path:
+        """Where bench engines go: the bench cache, never beside an export's model.engine."""
+        if self.cache_dir is not None:
+            folder = Path(self.cache_dir)
+        elif self.kind == "onnx":
+            folder = onnx_path.parent / "bench_cache"
+        else:
+            folder = self._cache_path(1).parent
+        return folder if _writable(folder) else user_cache_dir()
 
     def _cache_stem(self) -> str:
         if self.kind == "run":

@@ -86,17 +86,28 @@ def _jetson() -> dict | None:
         pass
     if not (model and "jetson" in model.lower()) and release is None:
         return None
+    return {"model": model, "l4t": release, **power_state()}
+
+
+def power_state() -> dict:
+    """nvpmodel mode and jetson_clocks state, best effort: None where the tool is absent or not allowed.
+
+    `nvpmodel -q` prints `NV Power Mode: MAXN` and the mode id; `jetson_clocks --show` (root) prints
+    `MinFreq=.. MaxFreq=..` per CPU/GPU/EMC clock, all pinned (Min == Max) while jetson_clocks is on.
+    """
+    mode = mode_id = None
     nvp = _run(["nvpmodel", "-q"])
-    mode = None
     if nvp:
         m = re.search(r"NV Power Mode:\s*(.+)", nvp)
         mode = m.group(1).strip() if m else nvp.strip().splitlines()[0]
+        ids = [ln.strip() for ln in nvp.splitlines() if ln.strip().isdigit()]
+        mode_id = int(ids[-1]) if ids else None
     clocks = _run(["jetson_clocks", "--show"])
     locked = None
-    if clocks:  # jetson_clocks pins MinFreq to MaxFreq for every CPU/GPU/EMC
+    if clocks:
         pairs = re.findall(r"MinFreq=(\d+)\s+MaxFreq=(\d+)", clocks)
-        locked = bool(pairs) and all(a == b for a, b in pairs)
-    return {"model": model, "l4t": release, "nvpmodel": mode, "jetson_clocks": locked}
+        locked = all(a == b for a, b in pairs) if pairs else None
+    return {"nvpmodel": mode, "nvpmodel_id": mode_id, "jetson_clocks": locked}
 
 
 def _num(s: str):

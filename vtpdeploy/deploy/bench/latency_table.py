@@ -27,6 +27,7 @@ import numpy as np
 
 from ...errors import VtpError
 from ...prune.latency_plan import Grid, LatencyTable
+from ...prune.sites import read_dims
 
 MeasureFn = Callable[[str, tuple[int, ...], dict], float]
 
@@ -66,22 +67,10 @@ def backend_version(backend: str) -> str:
 
 def model_dims(model) -> dict:
     """Shape facts a table depends on, from a (gated or plain) timm ViT."""
-    blk = model.blocks[0]
-    fc1 = blk.mlp.fc1
-    fc1 = getattr(fc1, "linear", fc1)
-    pe = model.patch_embed
-    tokens = int(pe.num_patches) + int(getattr(model, "num_prefix_tokens", 1))
-    return {
-        "embed_dim": int(model.embed_dim),
-        "num_heads": int(blk.attn.num_heads),
-        "head_dim": int(blk.attn.head_dim),
-        "mlp_hidden": int(fc1.out_features),
-        "depth": len(model.blocks),
-        "tokens": tokens,
-        "img_size": list(pe.img_size),
-        "in_chans": int(pe.proj.in_channels),
-        "num_classes": int(getattr(model, "num_classes", 0)),
-    }
+    d = read_dims(model)
+    return {"embed_dim": d.embed_dim, "num_heads": d.num_heads, "head_dim": d.head_dim, "mlp_hidden": d.mlp_hidden,
+            "depth": d.depth, "tokens": d.tokens, "img_size": d.img_size, "in_chans": d.in_chans,
+            "num_classes": d.num_classes}
 
 
 def table_key(dims: dict, backend: str, batch: int, device: str = "cpu", threads: int | None = None,
@@ -193,11 +182,14 @@ def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int |
             import io
             import warnings
 
+            from ..export.onnx_export import legacy_exporter_kwargs
+
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                     contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, (torch.from_numpy(x),), str(artifact), dynamo=False, opset_version=17,
-                                  input_names=["input"], output_names=["output"], do_constant_folding=True)
+                torch.onnx.export(module, (torch.from_numpy(x),), str(artifact), **legacy_exporter_kwargs(),
+                                  opset_version=17, input_names=["input"], output_names=["output"],
+                                  do_constant_folding=True)
         try:
             with make_runner(backend, artifact, device=device, threads=threads) as runner:
                 times = _timed_ms(runner, x, warmup, iters)

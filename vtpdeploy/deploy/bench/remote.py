@@ -5,6 +5,12 @@ Every ssh/scp call is an argument list (no local shell). The remote command line
 tokens each quoted with shlex.quote. Host keys are checked against known_hosts
 (StrictHostKeyChecking=yes, never auto-accepted; UserKnownHostsFile via --known-hosts or
 $VTPDEPLOY_KNOWN_HOSTS) and BatchMode=yes, so nothing ever prompts.
+
+Nothing can hang: every connection has ConnectTimeout and ServerAlive keep-alives (a dropped link
+ends ssh after about ServerAliveInterval x ServerAliveCountMax seconds), the remote bench runs under
+`setsid` in its own process group whose id is written to the remote dir, and on --timeout, Ctrl-C
+or a dropped link that group is killed (TERM, then KILL) over a fresh connection *before* the
+cleanup removes the remote dir. IPv6 hosts: `user@[::1]` (ssh gets `::1`, scp gets `[::1]:path`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from pathlib import Path
 from ...errors import VtpError
 from .report import check_report
 
-_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])$")
+_HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?:(?P<name>[A-Za-z0-9._-]+)|\[(?P<v6>[0-9A-Fa-f:.]+)\])$")
+# Runs the bench as leader of a new process group and session, writes its PGID first, then becomes the bench.
+_GROUP_SH = 'echo $$ > "$0" && exec "$@"'
+# TERM the group, wait up to 5 s, then KILL; prints the PGID it signalled (nothing if none was recorded).
+_KILL_SH = ('p=$(cat "$0" 2>/dev/null); [ -n "$p" ] || exit 0; echo "$p"; kill -s TERM -- "-$p" 2>/dev/null || exit 0; '
+            'i=0; while kill -s 0 -- "-$p" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.25; i=$((i+1)); done; '
+            'kill -s KILL -- "-$p" 2>/dev/null; exit 0')
 
 
 class RemoteError(VtpError):
@@ -29,14 +41,20 @@ class RemoteError(VtpError):
 
 class Ssh:
     def __init__(self, host: str, port: int | None = None, known_hosts: str | Path | None = None,
-                 identity: str | Path | None = None, connect_timeout: int = 10):
-        if not _HOST.match(host) or host.startswith("-"):
-            raise VtpError(f"--host {host!r}: expected USER@HOST or HOST")
+                 identity: str | Path | None = None, connect_timeout: int = 10, alive_interval: int = 15,
+                 alive_count: int = 3):
+        m = _HOST.match(host)
+        if not m or host.startswith("-") or (m["name"] or "").startswith("-"):
+            raise VtpError(f"--host {host!r}: expected USER@HOST, HOST or USER@[IPV6]")
+        user = f"{m['user']}@" if m["user"] else ""
         self.host = host
+        self.target = user + (m["v6"] or m["name"])  # what ssh takes: no brackets around an IPv6 address
+        self.scp_host = user + (f"[{m['v6']}]" if m["v6"] else m["name"])  # scp needs them before ":path"
         self.port = port
         known_hosts = known_hosts or os.environ.get("VTPDEPLOY_KNOWN_HOSTS")
         identity = identity or os.environ.get("VTPDEPLOY_SSH_KEY")
         opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={int(connect_timeout)}",
+                "-o", f"ServerAliveInterval={int(alive_interval)}", "-o", f"ServerAliveCountMax={int(alive_count)}",
                 "-o", "LogLevel=ERROR"]
         if known_hosts:
             if not Path(known_hosts).is_file():
@@ -60,9 +78,12 @@ class Ssh:
             return RemoteError(f"ssh {self.where}: {what} failed: {last}")
         return RemoteError(f"remote bench on {self.where} failed: {last.removeprefix('error: ')}")
 
-    def run(self, tokens: list[str], what: str, timeout: float | None = None) -> str:
-        cmd = ["ssh", *self.opts, *(["-p", str(self.port)] if self.port else []), "--", self.host,
-               " ".join(shlex.quote(t) for t in tokens)]
+    def _ssh(self, tokens: list[str]) -> list[str]:
+        return ["ssh", *self.opts, *(["-p", str(self.port)] if self.port else []), "--", self.target,
+                " ".join(shlex.quote(t) for t in tokens)]
+
+    def run(self, tokens: list[str], what: str, timeout: float | None = 120.0) -> str:
+        cmd = self._ssh(tokens)
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
@@ -72,6 +93,39 @@ class Ssh:
         if res.returncode != 0:
             raise self._fail(what, res)
         return res.stdout
+
+    def run_group(self, tokens: list[str], pgid_file: str, timeout: float | None) -> None:
+        """Run `tokens` remotely as its own process group; on timeout, Ctrl-C or a lost link kill that group."""
+        cmd = self._ssh(["setsid", "-w", "sh", "-c", _GROUP_SH, pgid_file, *tokens])
+        try:  # own session locally too: Ctrl-C reaches us, and we decide the order (kill remote, then clean up)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError:
+            raise VtpError("ssh is not installed (apt-get install openssh-client)") from None
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pgid = self.kill_group(pgid_file)
+            _stop(proc)
+            raise RemoteError(f"remote bench on {self.where} timed out after {timeout:g}s; "
+                              f"killed its process group {pgid or '(not started)'}") from None
+        except BaseException:  # KeyboardInterrupt: the remote bench must not outlive us
+            self.kill_group(pgid_file)
+            _stop(proc)
+            raise
+        res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        if res.returncode == 255:  # lost link: the remote group may still run, orphaned
+            self.kill_group(pgid_file)
+        if res.returncode != 0:
+            raise self._fail("remote bench", res)
+
+    def kill_group(self, pgid_file: str) -> str | None:
+        """TERM then KILL the process group recorded in `pgid_file`; returns the PGID, or None (best effort)."""
+        try:
+            out = self.run(["sh", "-c", _KILL_SH, pgid_file], "stopping the remote bench", timeout=30)
+        except VtpError:
+            return None
+        return out.strip() or None
 
     def scp(self, sources: list[str], dest: str, what: str, recursive: bool = False) -> None:
         cmd = ["scp", "-q", *(["-r"] if recursive else []), *self.opts, *(["-P", str(self.port)] if self.port else []),
@@ -89,7 +143,7 @@ def _ship(ssh: Ssh, spec: str, remote_dir: str, name: str) -> str:
     from ..sources import is_run_dir, saved_base
 
     path = Path(spec)
-    dest = f"{ssh.host}:{remote_dir}/"
+    dest = f"{ssh.scp_host}:{remote_dir}/"
     if is_run_dir(path):
         files = [p for p in sorted(path.iterdir()) if p.is_file()]  # not bench_cache/ or other subfolders
         ssh.run(["mkdir", "-p", f"{remote_dir}/{name}"], "mkdir")
@@ -113,7 +167,13 @@ def run_remote(host: str, artifacts: list[str], bench_args: list[str], *, baseli
                port: int | None = None, remote_cmd: str = "python3 -m vtpdeploy", known_hosts=None,
                identity=None, keep: bool = False, timeout: float | None = None) -> dict:
     """Run the bench on `host` and return its report. `bench_args` are extra CLI tokens
-    (--backend, --device, --batch, ...); artifacts and a path baseline are copied first."""
+    (--backend, --device, --batch, ...); artifacts and a path baseline are copied first.
+
+    `timeout` bounds the remote bench itself (not the copies). ONNX files are shipped as they are,
+    so the device builds its own engine from them with the precision the ONNX carries (Q/DQ -> int8,
+    fp16 -> fp16; an explicit --precision travels in `bench_args`)."""
+    if timeout is not None and timeout <= 0:
+        raise VtpError(f"--timeout must be > 0 seconds, got {timeout:g}")
     ssh = Ssh(host, port, known_hosts, identity)
     for a in artifacts:
         if not Path(a).exists():
@@ -129,10 +189,10 @@ def run_remote(host: str, artifacts: list[str], bench_args: list[str], *, baseli
         tokens = [*prefix, "bench", *remote_arts, *bench_args, "--json", f"{remote_dir}/report.json"]
         if baseline is not None:
             tokens += ["--baseline", _ship(ssh, baseline, remote_dir, "baseline") if Path(baseline).exists() else baseline]
-        ssh.run(tokens, "remote bench", timeout=timeout)
+        ssh.run_group(tokens, f"{remote_dir}/bench.pgid", timeout)
         with tempfile.TemporaryDirectory(prefix="vtpbench-") as tmp:
             local = Path(tmp) / "report.json"
-            ssh.scp([f"{ssh.host}:{remote_dir}/report.json"], str(local), "fetching the report")
+            ssh.scp([f"{ssh.scp_host}:{remote_dir}/report.json"], str(local), "fetching the report")
             try:
                 report = json.loads(local.read_text())
             except ValueError as exc:
@@ -147,3 +207,12 @@ def run_remote(host: str, artifacts: list[str], bench_args: list[str], *, baseli
     report.setdefault("settings", {})["remote"] = {"host": host, "port": port, "remote_cmd": remote_cmd,
                                                    "artifacts": {r: a for r, a in zip(remote_arts, artifacts)}}
     return report
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the local ssh client (its remote side is already handled)."""
+    proc.kill()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass

@@ -13,7 +13,7 @@ from ...errors import VtpError
 from . import stats
 from .artifacts import Artifact, resolve, resolve_baseline
 from .loop import Slot, measure, warmup
-from .memory import PeakMemory, headline
+from .memory import PeakMemory, headline, split_device_memory
 
 SCHEMA_VERSION = 1
 BACKEND_CHOICES = ("torch", "ort", "openvino", "trt", "auto")
@@ -122,8 +122,8 @@ def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, th
     inputs: dict = {}
     for art in arts:
         obj, file = art.for_backend(backend, batch, threads)
-        with PeakMemory(cuda=rdev.startswith("cuda")) as pm:
-            runner = make_runner(backend, obj, device=rdev, threads=threads)
+        with PeakMemory(cuda=rdev.startswith("cuda"), device=rdev) as pm:
+            runner = make_runner(backend, obj, device=rdev, threads=threads, **_runner_options(backend, art))
             chw = _check_shape(art, runner, batch, chw)
             key = (batch, *chw)
             if key not in inputs:
@@ -135,9 +135,17 @@ def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, th
         hook = getattr(runner, "memory_info", None)
         if callable(hook):
             mem.update(hook() or {})
+        mem = split_device_memory(mem, runner, rdev)  # weights vs activations, each with its method
         slots.append(Slot(art.label, runner, inputs[key]))
-        extras.append({"file": file, "memory": mem, "device": rdev, "input_shape": list(key)})
+        extras.append({"file": file, "memory": mem, "device": rdev, "input_shape": list(key),
+                       "precision": getattr(runner, "precision", None)})
     return slots, extras
+
+
+def _runner_options(backend: str, art: Artifact) -> dict:
+    """torch runs at `--precision fp16` when asked (fp32 otherwise); other backends take theirs from the artifact."""
+    precision = getattr(art, "precision", "auto")
+    return {"precision": precision} if backend == "torch" and precision in ("fp32", "fp16") else {}
 
 
 def _unique_labels(arts: list[Artifact]) -> None:
@@ -165,8 +173,14 @@ def run_bench(
     cache_dir: str | Path | None = None,
     n_boot: int = 2000,
     progress: Callable[[str], None] | None = None,
+    tegrastats: bool | None = None,
+    precision: str = "auto",
 ) -> dict:
-    """Benchmark candidates against a baseline, interleaved; returns the report (see docs/bench.md)."""
+    """Benchmark candidates against a baseline, interleaved; returns the report (see docs/bench.md).
+
+    `tegrastats`: sample it during the timed window (default: only on --device jetson).
+    `precision`: TensorRT engine precision (auto: read from each ONNX; see docs/tensorrt.md); for the torch
+    backend fp16 casts the model and inputs (CUDA only), anything else runs fp32."""
     say = progress or (lambda msg: None)
     if not artifacts:
         raise VtpError("give at least one ARTIFACT")
@@ -194,6 +208,14 @@ def run_bench(
     base = resolve_baseline(baseline, cands, cache)
     arts = ([base] if base is not None else []) + cands
     _unique_labels(arts)
+    from .engines import check_precision
+
+    if check_precision(precision) != "auto" and not {"trt", "torch"} & set(backends):
+        raise VtpError("--precision sets the TensorRT engine or torch precision: use it with --backend trt or torch")
+    if precision == "int8" and "torch" in backends:
+        raise VtpError("--precision int8 is for TensorRT engines; --backend torch runs fp32 or fp16")
+    for art in arts:
+        art.precision = precision
 
     from .environment import collect
 
@@ -205,15 +227,21 @@ def run_bench(
             try:
                 say(f"{be} batch {batch}: warm-up {warmup_s:g}s, then interleaved measurement")
                 sampler = None
-                if device == "jetson":
-                    from .tegrastats import TegrastatsSampler
+                if tegrastats or (tegrastats is None and device == "jetson"):
+                    from .tegrastats import TegrastatsSampler, warn
 
-                    sampler = TegrastatsSampler() if TegrastatsSampler.available() else None
+                    sampler = TegrastatsSampler()
+                    if sampler.error and not schedules:  # one warning per run; the report records it per result
+                        warn(f"{sampler.error}: no GPU load, power or board RAM in this report")
                 if sampler is not None:
                     sampler.__enter__()
                 try:
                     warmup(slots, warmup_s)
+                    if sampler is not None:
+                        sampler.mark_start()
                     schedule = measure(slots, duration_s=duration_s, iters=iters, block_iters=block_iters)
+                    if sampler is not None:
+                        sampler.mark_end()
                 finally:
                     if sampler is not None:
                         sampler.__exit__(None, None, None)
@@ -226,8 +254,12 @@ def run_bench(
             for idx, (art, slot, extra) in enumerate(zip(arts, slots, extras)):
                 counts = art.counts()
                 mem = extra["memory"]
-                if teg is not None:
-                    mem["tegrastats"] = teg
+                if sampler is not None:
+                    from .environment import power_state
+                    from .tegrastats import energy_per_inference, unified_memory
+
+                    mem["tegrastats"] = {**sampler.status(), "summary": teg}
+                    mem["jetson"] = unified_memory(teg, sampler.rss(), art.file_mb(extra["file"]) if extra["file"] else None)
                 results.append({
                     "model": art.label,
                     "role": "baseline" if (base is not None and idx == 0) else "candidate",
@@ -251,6 +283,14 @@ def run_bench(
                     "block_means_ms": [round(v, 4) for v in slot.block_means_ms],
                     "latencies_ms": _subsample(slot.latencies_ms),
                 })
+                if be == "torch":
+                    results[-1]["precision"] = extra["precision"]
+                if be == "trt":  # what the timed engine is: version, precision, TF32, flags, GPU and clocks
+                    results[-1]["tensorrt"] = art.trt_info.get(batch)
+                if sampler is not None:
+                    results[-1]["power"] = {"input": (teg or {}).get("input_power"), **power_state(),
+                                            "energy": energy_per_inference((teg or {}).get("input_power"),
+                                                                           results[-1]["latency_ms"]["mean"], batch)}
             if base is not None:
                 bslot = slots[0]
                 bcounts = base.counts()

@@ -14,13 +14,19 @@ class ExportConfig(BaseModel):
     opset: int = Field(17, ge=13, le=21, description="ONNX opset (TensorRT 8.5/8.6 need <= 17)")
     batch: int = Field(1, ge=1, description="fixed batch size of the exported model")
     dynamic_batch: bool = Field(False, description="symbolic batch dim instead of `batch`")
-    simplify: bool = Field(True, description="onnxslim the graph (kept only if it validates)")
+    simplify: bool = Field(True, description="simplify the graph with `simplifier` (kept only if it validates)")
+    simplifier: Literal["onnxslim", "onnxsim", "none"] = Field(
+        "onnxslim", description="graph simplifier; onnxsim needs the onnxsim extra; none = simplify: false")
     fp16: bool = Field(False, description="also write model.fp16.onnx")
     int8: bool = Field(False, description="also write model.int8.onnx (QDQ, needs a calibration set)")
     calib_n: int = Field(500, ge=1, description="calibration images drawn from the train split")
     calib_seed: int = 0
     calib_method: Literal["MinMax", "Percentile", "Entropy"] = Field(
         "Percentile", description="activation range estimator for INT8"
+    )
+    int8_fp16: bool = Field(
+        False, description="also write model.int8.fp16.onnx: the INT8 Q/DQ model with fp16 float ops (opset 19), "
+        "what a strongly typed TensorRT builds INT8 from; automatic with --trt on TensorRT 11"
     )
     int8_activations: Literal["s8", "u8"] = Field(
         "s8", description="INT8 activation type: s8 = TensorRT-valid symmetric QDQ (default); u8 = faster on x86 "

@@ -8,8 +8,10 @@ sits at the final path.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -132,6 +134,26 @@ def _openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def legacy_exporter_kwargs(export_fn=None) -> dict[str, Any]:
+    """Keyword arguments that select the legacy TorchScript exporter of `torch.onnx.export`.
+
+    torch >= 2.5 has a `dynamo` argument (default True from 2.9): pass `dynamo=False`, since the legacy
+    exporter keeps opset <= 17 for TensorRT 8.5/8.6. torch 2.3/2.4 (JetPack 6.0 wheels) has no such
+    argument, is a TypeError when given it, and only has the legacy exporter anyway.
+    """
+    export_fn = export_fn or torch.onnx.export
+    try:
+        params = inspect.signature(export_fn).parameters
+    except (TypeError, ValueError):  # an unreadable signature: decide by version
+        return {"dynamo": False} if _torch_version() >= (2, 5) else {}
+    return {"dynamo": False} if "dynamo" in params else {}
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()
+    return int(major), int(minor)
+
+
 def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     sink = io.StringIO()
@@ -142,7 +164,7 @@ def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, 
                 model,
                 (dummy,),
                 str(dst),
-                dynamo=False,  # legacy TorchScript exporter: opset <= 17 for TensorRT 8.5/8.6
+                **legacy_exporter_kwargs(),
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -154,21 +176,30 @@ def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, 
         raise VtpError(f"ONNX export failed at opset {opset}: {' '.join(str(exc).split())[:200]}") from None
 
 
-def _slim(src: Path, dst: Path) -> str | None:
-    """onnxslim `src` into `dst`; returns an error note instead of raising."""
+SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+
+
+def _slim(src: Path, dst: Path, simplifier: str = "onnxslim") -> str | None:
+    """Simplify `src` into `dst` with onnxslim or onnxsim; returns an error note instead of raising."""
     try:
         import onnx
-        import onnxslim
+
+        tool = __import__(simplifier)
     except ImportError:
-        return "onnxslim not installed"
+        return f"{simplifier} not installed" + (" (pip install 'vtpdeploy[onnxsim]')" if simplifier == "onnxsim" else "")
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
-            slim = onnxslim.slim(onnx.load(str(src)))
+            if simplifier == "onnxsim":
+                slim, ok = tool.simplify(onnx.load(str(src)))
+                if not ok:
+                    return "onnxsim could not check its simplified model"
+            else:
+                slim = tool.slim(onnx.load(str(src)))
             onnx.save(slim, str(dst))
     except Exception as exc:
-        return f"onnxslim failed: {' '.join(str(exc).split())[:160]}"
+        return f"{simplifier} failed: {' '.join(str(exc).split())[:160]}"
     return None
 
 
@@ -180,6 +211,7 @@ def export_onnx(
     batch: int = 1,
     dynamic_batch: bool = False,
     simplify: bool = True,
+    simplifier: str = "onnxslim",
     sample: np.ndarray | torch.Tensor | None = None,
     atol: float = 1e-4,
     openvino: bool | None = None,
@@ -191,13 +223,17 @@ def export_onnx(
     - fixed batch `batch` by default; `dynamic_batch=True` makes dim 0 the symbolic `batch`.
     - `sample`: NCHW float32 validation inputs (any count; run in chunks of `batch` when fixed);
       None: 8 seeded standard-normal inputs of the model's input size.
-    - validated with ORT CPU after export and after onnxslim (kept only if it validates), then with
+    - validated with ORT CPU after export and after `simplifier` (onnxslim | onnxsim | none; skipped when
+      `simplify=False`; its graph is kept only if it validates), then with
       OpenVINO CPU at f32 precision when installed (`openvino=None`: when installed).
     """
     if opset > 17:
         warnings.warn(f"opset {opset} > 17: TensorRT 8.5/8.6 cannot parse it", stacklevel=2)
     if batch < 1:
         raise VtpError(f"--batch must be >= 1, got {batch}")
+    if simplifier not in SIMPLIFIERS:
+        raise VtpError(f"--simplifier {simplifier!r}: choose {', '.join(SIMPLIFIERS)}")
+    simplify = simplify and simplifier != "none"
     path = Path(path)
     model = model.eval()
     if sample is None:
@@ -221,7 +257,7 @@ def export_onnx(
             os.close(fd)
             slim_tmp = Path(slim_name)
             try:
-                note = _slim(tmp, slim_tmp)
+                note = _slim(tmp, slim_tmp, simplifier)
                 if note is None:
                     try:
                         rec = validate_onnx(slim_tmp, ref, x, stage="fp32-simplified", atol=atol,

@@ -224,3 +224,38 @@ def qdq_summary(path_or_model) -> dict[str, Any]:
             })
     return {"qdq_nodes": q_nodes, "nonzero_zero_points": nonzero, "quant_dtypes": dtypes,
             "non_int8_qdq": non_int8, "weights": weights}
+
+
+FP16_QDQ_OPSET = 19  # first opset whose QuantizeLinear/DequantizeLinear take float16 inputs and scales
+
+
+def int8_fp16(src: str | Path, dst: str | Path) -> Path:
+    """Write the fp16 + Q/DQ twin of the INT8 model `src` to `dst` (unchecked; validate it afterwards).
+
+    Same quantization (int8 weights, int8 symmetric activations, same scales), but every float tensor
+    outside Q/DQ is float16 and Q/DQ carry float16 scales (opset 19), so DequantizeLinear outputs fp16. A
+    strongly typed builder (TensorRT 11, or 10 with strong typing) then runs the un-quantized ops (attention,
+    softmax, LayerNorm, GELU) in fp16 instead of fp32; input/logits stay float32 (keep_io_types).
+    TensorRT 8.5/8.6 cannot parse opset 19: they build `src` with the FP16 and INT8 flags instead.
+    """
+    import onnx
+    from onnx import version_converter
+
+    from .fp16 import convert_fp16
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < FP16_QDQ_OPSET:
+        try:
+            model = version_converter.convert_version(model, FP16_QDQ_OPSET)
+        except Exception as exc:
+            raise VtpError(f"cannot raise {src.name} to opset {FP16_QDQ_OPSET} for fp16 Q/DQ: "
+                           f"{' '.join(str(exc).split())[:160]}") from None
+    work = dst.with_name(f".{dst.name}.opset{FP16_QDQ_OPSET}.pending")
+    try:
+        onnx.save(model, str(work))
+        convert_fp16(work, dst)
+    finally:
+        work.unlink(missing_ok=True)
+    return dst

@@ -1,5 +1,8 @@
 """TensorRT readiness: will this ONNX (and these head dims / widths) build well on TRT 8.5 ... 11?
 
+The 8.5 target describes the TensorRT 8.5 parser only; JetPack 5 (TensorRT 8.5, Python 3.8) is not a
+supported vtpdeploy device (see docs/docker.md).
+
 A static, hand-kept table (from the onnx-tensorrt operator docs and TRT release notes) covers the ops
 timm ViTs export to. Findings are warnings; `strict` turns any warning into `ReadinessError`
 (exit code 1: "checks failed", distinct from 2: "bad input").
@@ -30,8 +33,10 @@ OP_SUPPORT: dict[str, tuple[int, str]] = {
     "QuantizeLinear": (13, "8.5"), "DequantizeLinear": (13, "8.5"),
     "LayerNormalization": (17, "8.6"),  # native INormalizationLayer from TRT 8.6; 8.5's parser lacks it
     "Gelu": (20, "10"),
-    "GroupNormalization": (18, "10"),
+    "GroupNormalization": (18, "8.6"),  # native from TRT 8.6 (8.6 release notes); needs opset 18, so 10+ parses it
 }
+# Targets whose builder is always strongly typed: precision comes from the ONNX's types, no FP16/INT8 flags.
+STRONGLY_TYPED_TARGETS = ("11",)
 FMHA_FP16 = "head dim % 8 == 0 and 16 <= head dim <= 256"
 FMHA_INT8 = "head dim in {16, 32, 64} and sequence <= 512"
 
@@ -50,21 +55,15 @@ def model_widths(model) -> dict[str, Any]:
     """Attention head dims, sequence length and Linear widths of a (compact or timm) ViT."""
     from torch import nn
 
-    blocks, linears = [], []
-    for name, mod in model.named_modules():
-        if hasattr(mod, "v_dims") and hasattr(mod, "head_dim"):  # CompactAttention
-            blocks.append({"name": name, "num_heads": int(mod.num_heads), "qk_head_dim": int(mod.head_dim),
-                           "v_head_dim": int(max(mod.v_dims)), "v_dims": [int(v) for v in mod.v_dims]})
-        elif hasattr(mod, "num_heads") and hasattr(mod, "head_dim") and hasattr(mod, "qkv"):
-            blocks.append({"name": name, "num_heads": int(mod.num_heads), "qk_head_dim": int(mod.head_dim),
-                           "v_head_dim": int(mod.head_dim)})
-        elif isinstance(mod, nn.Linear):
-            linears.append({"name": name, "in": int(mod.in_features), "out": int(mod.out_features)})
-    seq = None
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "num_patches", None):
-        seq = int(pe.num_patches) + int(getattr(model, "num_prefix_tokens", 0) or 0)
-    return {"attention": blocks, "linear": linears, "seq_len": seq}
+    from ...prune.sites import read_dims
+
+    dims = read_dims(model)
+    blocks = [{"name": f"blocks.{i}.attn", "num_heads": b.num_heads, "qk_head_dim": b.head_dim,
+               "v_head_dim": max(b.v_dims), **({"v_dims": b.v_dims} if b.compact else {})}
+              for i, b in enumerate(dims.blocks)]
+    linears = [{"name": name, "in": int(mod.in_features), "out": int(mod.out_features)}
+               for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    return {"attention": blocks, "linear": linears, "seq_len": dims.tokens}
 
 
 def _onnx_facts(path: str | Path) -> dict[str, Any]:
@@ -104,9 +103,11 @@ def _mha_checks(widths: dict[str, Any], precisions: list[str]) -> tuple[list[dic
 
 def check_trt_readiness(onnx_path: str | Path, model=None, widths: dict[str, Any] | None = None, *,
                         targets: tuple[str, ...] | list[str] = TARGETS, precisions: list[str] | None = None,
-                        int8_path: str | Path | None = None) -> dict[str, Any]:
+                        int8_path: str | Path | None = None,
+                        int8_fp16_path: str | Path | None = None) -> dict[str, Any]:
     """The trt_report.json content for `onnx_path` (fp32 ONNX) on each TensorRT `targets` version.
 
+    `int8_path` / `int8_fp16_path`: the INT8 Q/DQ model and its fp16-float twin (model.int8.fp16.onnx), if any.
     Head dims and widths come from `model` (via `model_widths`) or a ready `widths` dict
     {"attention": [{name, num_heads, qk_head_dim, v_head_dim}], "linear": [{name, in, out}], "seq_len"}.
     """
@@ -175,10 +176,22 @@ def check_trt_readiness(onnx_path: str | Path, model=None, widths: dict[str, Any
         if q["nonzero_zero_points"]:
             warnings.append(f"INT8: {len(q['nonzero_zero_points'])} non-zero zero points; TensorRT needs symmetric Q/DQ")
         not_pc = [w["name"] for w in q["weights"] if not w["per_channel"]]
+        typed = [t for t in targets if t in STRONGLY_TYPED_TARGETS]
+        if typed and int8_fp16_path is None:
+            from .trt_versions import onnx_precision
+
+            if onnx_precision(int8_path) == "int8":  # Q/DQ around fp32 float ops
+                for t in typed:
+                    msg = (f"{Path(int8_path).name} keeps its un-quantized ops (attention, softmax, LayerNorm, GELU) in "
+                           "fp32 on this strongly typed builder, so INT8 can be slower than FP16: build INT8 from "
+                           "model.int8.fp16.onnx (vtpdeploy export --int8 --int8-fp16)")
+                    per_target[t]["warnings"].append(msg)
+                    warnings.append(f"TensorRT {t}: {msg}")
         report["qdq"] = {"path": str(int8_path), "qdq_nodes": q["qdq_nodes"],
                          "nonzero_zero_points": q["nonzero_zero_points"], "per_tensor_weights": not_pc,
                          "symmetric": not q["nonzero_zero_points"], "quant_dtypes": q["quant_dtypes"],
-                         "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"]}
+                         "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
+                         "int8_fp16_path": str(int8_fp16_path) if int8_fp16_path is not None else None}
     report["warnings"] = warnings
     report["ok"] = not warnings
     return report

@@ -1,6 +1,7 @@
 """The export stage shared by `vtpdeploy export` and the pipeline: fp32 -> fp16 -> int8 -> TRT.
 
-Writes into `out_dir`: model.onnx, model.fp16.onnx, model.int8.onnx, export.json (every validation,
+Writes into `out_dir`: model.onnx, model.fp16.onnx, model.int8.onnx, model.int8.fp16.onnx (INT8 with fp16
+float ops, for strongly typed TensorRT), export.json (every validation,
 with max diffs and top-1 agreement), trt_report.json (readiness; with check_trt or trt) and
 model.engine + engine.json (with trt).
 """
@@ -19,6 +20,7 @@ from ...fileio import atomic_write_json, sha256_file
 from ...prune.numerics import max_abs_diff, top1_agreement
 from ..sources import ModelSource
 from .config import ExportConfig
+from .trt_versions import ONNX_FILE, onnx_for
 
 HELDOUT_MAX = 512
 
@@ -63,15 +65,6 @@ def _artifact(path: Path) -> dict[str, Any]:
     return {"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def _trt_major() -> int | None:
-    try:
-        import tensorrt as trt  # noqa: F401
-
-        return int(trt.__version__.split(".")[0])
-    except Exception:
-        return None
-
-
 def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, calib_dir: str | Path | None = None,
                heldout: tuple[np.ndarray, np.ndarray] | None = None, *, threads: int | None = None,
                trt_targets: list[str] | None = None, log=None) -> dict[str, Any]:
@@ -101,13 +94,16 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
     calib_manifest: dict[str, Any] = {}
     if calib_dir is not None:
         calib, calib_labels, calib_manifest = load_calibration(calib_dir, input_size)
+    if cfg.int8_fp16 and (not cfg.int8 or cfg.int8_activations == "u8"):
+        raise VtpError("--int8-fp16 converts the TensorRT INT8 model: it needs --int8 with s8 activations")
     if cfg.trt and cfg.int8 and cfg.int8_activations == "u8":
         raise VtpError("--trt builds the INT8 engine from model.int8.onnx, and TensorRT rejects u8 activations: "
                        "use --int8-activations s8")
-    if cfg.trt:
-        from .trt_build import require_trt
+    trt_version = None
+    if cfg.trt:  # the installed TensorRT decides which ONNX each precision is built from (trt_versions.onnx_for)
+        from .trt_build import installed_version
 
-        require_trt()
+        trt_version = installed_version()[1]
     check_writable(out_dir)
 
     # --- real inputs ----------------------------------------------------------------------------
@@ -146,8 +142,8 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
     # --- fp32 ---------------------------------------------------------------------------------
     say(f"exporting fp32 ONNX (opset {cfg.opset}) -> {out_dir / 'model.onnx'}")
     fp32 = export_onnx(model, out_dir / "model.onnx", opset=cfg.opset, batch=cfg.batch,
-                       dynamic_batch=cfg.dynamic_batch, simplify=cfg.simplify, sample=x, atol=cfg.atol,
-                       threads=threads, reference=ref)
+                       dynamic_batch=cfg.dynamic_batch, simplify=cfg.simplify, simplifier=cfg.simplifier, sample=x,
+                       atol=cfg.atol, threads=threads, reference=ref)
     report["input_shape"] = fp32.input_shape
     report["simplified"] = fp32.simplified
     report["simplify_note"] = fp32.simplify_note
@@ -221,6 +217,8 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
                 "max_abs_diff": max_abs_diff(o32, o8),
             }
         report["int8"] = int8_info
+        if cfg.int8_fp16 or (trt_version is not None and onnx_for(trt_version, "int8") == "int8-fp16"):
+            _write_int8_fp16(out_dir, path8, ref, x, rec, batch, threads, report, say)
 
     # --- TensorRT -----------------------------------------------------------------------------
     readiness = None
@@ -230,19 +228,17 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
         precisions = [p for p, on in (("fp16", True), ("int8", cfg.int8)) if on]
         readiness = check_trt_readiness(fp32.path, model, targets=trt_targets or list(TARGETS),
                                         precisions=precisions,
-                                        int8_path=out_dir / "model.int8.onnx" if cfg.int8 else None)
+                                        int8_path=out_dir / "model.int8.onnx" if cfg.int8 else None,
+                                        int8_fp16_path=out_dir / ONNX_FILE["int8-fp16"]
+                                        if "int8_fp16" in report["artifacts"] else None)
         atomic_write_json(out_dir / "trt_report.json", readiness)
         report["trt_report"] = {"path": "trt_report.json", "warnings": len(readiness["warnings"])}
     if cfg.trt:
         from .trt_build import build_engine
 
         precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
-        onnx_in = fp32.path
-        if precision == "int8":
-            onnx_in = out_dir / "model.int8.onnx"
-        elif precision == "fp16" and (_trt_major() or 0) >= 11:
-            onnx_in = out_dir / "model.fp16.onnx"
-        say(f"building TensorRT engine ({precision}) -> model.engine")
+        onnx_in = out_dir / ONNX_FILE[onnx_for(trt_version, precision)]
+        say(f"building TensorRT {trt_version} engine ({precision}, from {onnx_in.name}) -> model.engine")
         report["engine"] = build_engine(onnx_in, out_dir / "model.engine", precision=precision,
                                         input_shape=fp32.input_shape,
                                         batch_range=(1, cfg.batch, max(cfg.batch, 32)))
@@ -252,3 +248,28 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
 
         enforce(readiness, cfg.strict)
     return report
+
+
+INT8_FP16_SLACK = 2.0  # model.int8.fp16.onnx may be at most this many times further from PyTorch than model.int8.onnx
+
+
+def _write_int8_fp16(out_dir: Path, path8: Path, ref: np.ndarray, x: np.ndarray, rec8: dict[str, Any],
+                     batch: int | None, threads: int | None, report: dict[str, Any], say) -> None:
+    """model.int8.fp16.onnx: the INT8 model with fp16 float ops (for strongly typed TensorRT), validated."""
+    from .onnx_export import validate_onnx
+    from .quantize import int8_fp16
+
+    name = ONNX_FILE["int8-fp16"]
+    say(f"converting the INT8 model's float ops to fp16 -> {name}")
+    final, tmp = out_dir / name, out_dir / f".{name}.pending"
+    atol = max(INT8_FP16_SLACK * rec8["max_abs_diff"], 1e-6)
+    try:
+        int8_fp16(path8, tmp)
+        rec = validate_onnx(tmp, ref, x, stage="int8-fp16", atol=atol, batch=batch, threads=threads)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    rec["tolerance"] = f"{INT8_FP16_SLACK:g} x the int8 model's max|diff| vs PyTorch"
+    rec["io_types"] = "float32 (keep_io_types=True), Q/DQ and compute float16, opset 19"
+    report["validations"].append(rec)
+    report["artifacts"]["int8_fp16"] = _artifact(final)

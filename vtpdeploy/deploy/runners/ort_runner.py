@@ -1,4 +1,9 @@
-"""ONNX Runtime runner: CPU EP, or the CUDA EP when installed and asked for."""
+"""ONNX Runtime runner: CPU EP, or the CUDA / TensorRT EP when installed and asked for.
+
+ONNX Runtime falls back to the CPU EP with only a (hidden) warning when a GPU provider fails to
+load, e.g. a missing cuDNN. The runner checks `session.get_providers()` after creating the session
+and refuses to run on a provider other than the one asked for.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import VtpError
+from ...errors import BackendUnavailableError, VtpError
 from .base import Runner
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+
+
+def providers_for(device: str) -> tuple[str, list]:
+    """(the provider `device` asks for, the provider list for InferenceSession).
+
+    `cpu`; `cuda` / `cuda:N` (CUDA EP on GPU N); `trt` / `tensorrt` / `tensorrt:N` (TensorRT EP, with the
+    CUDA EP for the nodes TensorRT does not take).
+    """
+    name, _, index = str(device).partition(":")
+    if index and not index.isdigit():
+        raise VtpError(f"ONNX Runtime device {device!r}: the GPU index must be a number")
+    gpu = {"device_id": int(index)} if index else {}
+    if name == "cpu" and not index:
+        return CPU_EP, [CPU_EP]
+    if name == "cuda":
+        return CUDA_EP, [(CUDA_EP, gpu), CPU_EP]
+    if name in ("trt", "tensorrt"):
+        return TRT_EP, [(TRT_EP, gpu), (CUDA_EP, gpu), CPU_EP]
+    raise VtpError(f"ONNX Runtime device {device!r}: choose cpu, cuda[:N] or tensorrt[:N]")
 
 
 class OrtRunner(Runner):
@@ -17,20 +45,25 @@ class OrtRunner(Runner):
         super().__init__(artifact, device, threads)
         import onnxruntime as ort
 
+        wanted, providers = providers_for(device)
+        if wanted not in ort.get_available_providers():
+            package = "onnxruntime-gpu" if wanted == CUDA_EP else "onnxruntime-gpu built with TensorRT"
+            raise BackendUnavailableError(f"ONNX Runtime has no {wanted} here (install {package}); "
+                                          f"available: {', '.join(ort.get_available_providers())}")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise VtpError("ONNX Runtime has no CUDA execution provider here (install onnxruntime-gpu)")
-            providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(artifact), sess_options=opts, providers=providers)
         except Exception as exc:
             raise VtpError(f"{artifact}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
+        self.providers = list(self.session.get_providers())
+        if wanted not in self.providers:
+            raise BackendUnavailableError(
+                f"{artifact}: ONNX Runtime fell back to {', '.join(self.providers)}: {wanted} failed to load "
+                f"(missing CUDA/cuDNN/TensorRT libraries?); refusing to report a {device} result")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self._shape = tuple(d if isinstance(d, int) else str(d) for d in inp.shape)

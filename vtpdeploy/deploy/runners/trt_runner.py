@@ -1,10 +1,9 @@
-"""TensorRT engine runner (and a minimal ONNX -> engine builder).
+"""TensorRT engine runner.
 
-Supports both TensorRT APIs:
-- TRT 10+ (and 8.5/8.6 where present): tensor names — `num_io_tensors`, `get_tensor_name`,
-  `set_input_shape`, `set_tensor_address`, `execute_async_v3(stream)`;
-- TRT 8.x bindings — `num_bindings`, `binding_is_input`, `set_binding_shape`,
-  `execute_async_v2(bindings, stream)`.
+Uses only the API present in every supported TensorRT (8.5 -> 11): the tensor-name API —
+`num_io_tensors`, `get_tensor_name`, `get_tensor_mode`, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3(stream)` (8.5+). The binding-index API (removed in 10) is never touched. Device
+memory: `device_memory_size_v2` (10.1+) when present, else `device_memory_size` (removed in 11).
 Device buffers are torch CUDA tensors; every inference runs on a private CUDA stream and is
 synchronised before `infer` returns.
 """
@@ -36,6 +35,26 @@ def _torch_dtype(trt, dt):
     return table[dt]
 
 
+def engine_io(trt, engine) -> tuple[list[str], list[str], list[str]]:
+    """(all, input, output) tensor names, through the tensor-name API (TensorRT 8.5 -> 11)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    return names, inputs, [n for n in names if n not in inputs]
+
+
+def _dims(dims) -> tuple[int, ...]:
+    """A trt.Dims as a tuple of ints (Dims supports len/index in every version)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def engine_device_memory(engine) -> int | None:
+    """Per-context device memory: `device_memory_size_v2` (10.1+), else `device_memory_size` (removed in 11)."""
+    for attr in ("device_memory_size_v2", "device_memory_size"):
+        if hasattr(engine, attr):
+            return int(getattr(engine, attr))
+    return None
+
+
 def _logger(trt):
     return trt.Logger(trt.Logger.ERROR)
 
@@ -65,24 +84,11 @@ class TrtRunner(Runner):
         if self.context is None:
             raise VtpError(f"{path}: TensorRT could not create an execution context (out of device memory?)")
         self.stream = torch.cuda.Stream(device=self.torch_device)
-        self.v3 = hasattr(self.engine, "num_io_tensors") and hasattr(self.context, "execute_async_v3")
-        if self.v3:
-            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-            self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-            self.outputs = [n for n in names if n not in self.inputs]
-            shape_of = self.engine.get_tensor_shape
-            dtype_of = self.engine.get_tensor_dtype
-        else:
-            names = [self.engine.get_binding_name(i) for i in range(self.engine.num_bindings)]
-            self.inputs = [n for i, n in enumerate(names) if self.engine.binding_is_input(i)]
-            self.outputs = [n for n in names if n not in self.inputs]
-            shape_of = lambda n: self.engine.get_binding_shape(self.engine.get_binding_index(n))  # noqa: E731
-            dtype_of = lambda n: self.engine.get_binding_dtype(self.engine.get_binding_index(n))  # noqa: E731
-        self.names = names
-        self._shape = tuple(int(d) if int(d) >= 0 else "?" for d in shape_of(self.inputs[0]))
-        self._dtypes = {n: _torch_dtype(trt, dtype_of(n)) for n in names}
+        self.names, self.inputs, self.outputs = engine_io(trt, self.engine)
+        self._shape = tuple(d if d >= 0 else "?" for d in _dims(self.engine.get_tensor_shape(self.inputs[0])))
+        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self.names}
         self._buffers: dict = {}
-        self._bound_shape = None
+        self._bound_shape: tuple[int, ...] | None = None
 
     def input_shape(self):
         return self._shape
@@ -91,22 +97,14 @@ class TrtRunner(Runner):
         import torch
 
         name = self.inputs[0]
-        if self.v3:
-            if not self.context.set_input_shape(name, shape):
-                raise VtpError(f"{self.artifact}: engine cannot take input shape {shape} (profile is {self._shape})")
-            out_shape = lambda n: tuple(self.context.get_tensor_shape(n))  # noqa: E731
-        else:
-            idx = self.engine.get_binding_index(name)
-            if -1 in tuple(self.engine.get_binding_shape(idx)) and not self.context.set_binding_shape(idx, shape):
-                raise VtpError(f"{self.artifact}: engine cannot take input shape {shape} (profile is {self._shape})")
-            out_shape = lambda n: tuple(self.context.get_binding_shape(self.engine.get_binding_index(n)))  # noqa: E731
+        if not self.context.set_input_shape(name, shape):
+            raise VtpError(f"{self.artifact}: engine cannot take input shape {shape} (profile is {self._shape})")
         self._buffers = {name: torch.empty(shape, dtype=self._dtypes[name], device=self.torch_device)}
         for n in self.outputs:
-            self._buffers[n] = torch.empty(out_shape(n), dtype=self._dtypes[n], device=self.torch_device)
-        if self.v3:
-            for n, t in self._buffers.items():
-                self.context.set_tensor_address(n, t.data_ptr())
-        self._bindings = [self._buffers[n].data_ptr() for n in self.names]
+            self._buffers[n] = torch.empty(_dims(self.context.get_tensor_shape(n)), dtype=self._dtypes[n],
+                                           device=self.torch_device)
+        for n, t in self._buffers.items():
+            self.context.set_tensor_address(n, t.data_ptr())
         self._bound_shape = shape
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -118,11 +116,7 @@ class TrtRunner(Runner):
         inp = self._buffers[self.inputs[0]]
         with torch.cuda.stream(self.stream):
             inp.copy_(torch.from_numpy(x).to(inp.dtype), non_blocking=False)
-            if self.v3:
-                ok = self.context.execute_async_v3(self.stream.cuda_stream)
-            else:
-                ok = self.context.execute_async_v2(self._bindings, self.stream.cuda_stream)
-            if not ok:
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise VtpError(f"{self.artifact}: TensorRT execution failed")
             out = self._buffers[self.outputs[0]].float().cpu()
         self.stream.synchronize()
@@ -133,13 +127,11 @@ class TrtRunner(Runner):
 
     def memory_info(self) -> dict:
         """Engine device memory (activations/scratch TensorRT allocates per context)."""
-        size = getattr(self.engine, "device_memory_size_v2", None)
-        if size is None:
-            size = getattr(self.engine, "device_memory_size", None)
+        size = engine_device_memory(self.engine)
         return {"trt_device_memory_mb": round(size / MB, 3) if size is not None else None}
 
     def close(self) -> None:
         self._buffers = {}
-        self.context = None
+        self.context = None  # type: ignore[assignment]  # released: the runner is done
         self.engine = None
 

@@ -1,0 +1,162 @@
+"""README result tables from one script, and the CI check that a fresh quickstart still reproduces them.
+
+    python benchmarks/readme_numbers.py [--out runs/readme]      # run quickstart + digits comparison, rewrite README
+    python benchmarks/readme_numbers.py --check RUN_DIR         # compare a quickstart run dir with the README
+
+The README holds each generated table between `<!-- readme-numbers:NAME:start -->` and
+`<!-- readme-numbers:NAME:end -->`, with the numbers and package versions that produced it in a JSON comment,
+so the check needs no parsing of Markdown. The check allows ±0.5 pt top-1 and ±2 % params/MACs and, on a
+mismatch, prints the package versions of both runs (the usual cause).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+ACCURACY_TOL_PT = 0.5
+COUNT_TOL = 0.02
+STAGES = ("unpruned", "pruned", "finetuned")
+
+
+def _block_re(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- readme-numbers:{name}:start -->\n)(.*?)(<!-- readme-numbers:{name}:end -->)", re.S)
+
+
+def read_block_data(text: str, name: str) -> dict:
+    """The JSON record stored in README block `name`."""
+    match = _block_re(name).search(text)
+    if not match:
+        raise SystemExit(f"error: README has no readme-numbers:{name} block")
+    data = re.search(r"<!-- data: (\{.*?\}) -->", match.group(2), re.S)
+    if not data:
+        raise SystemExit(f"error: README block {name} has no data comment")
+    return json.loads(data.group(1))
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = _block_re(name)
+    if not pattern.search(text):
+        raise SystemExit(f"error: README has no readme-numbers:{name} block")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(3), text, count=1)
+
+
+def quickstart_record(run_dir: Path) -> dict:
+    report = json.loads((run_dir / "report.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {
+        "accuracy": {k: report["accuracy"][k] for k in STAGES},
+        "params": report["params"], "macs": report["macs"],
+        "max_abs_diff": report["compaction"]["max_abs_diff"],
+        "wall_seconds": report.get("wall_seconds"),
+        "packages": manifest.get("packages", {}),
+    }
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}".replace("-", "−")
+
+
+def _pct(new: int, old: int) -> str:
+    return f"{(new - old) / old:+.1%}".replace("-", "−")
+
+
+def quickstart_table(rec: dict) -> str:
+    acc, params, macs = rec["accuracy"], rec["params"], rec["macs"]
+    versions = ", ".join(f"{k} {v}" for k, v in rec["packages"].items() if k != "vtpdeploy")
+    return "\n".join([
+        "| | unpruned | compact (VTP 40 %) |",
+        "|---|---|---|",
+        f"| val top-1 (450 held-out digits) | {acc['unpruned']:.2f} % | {acc['pruned']:.2f} % after pruning, "
+        f"**{acc['finetuned']:.2f} %** after fine-tuning ({_signed(acc['finetuned'] - acc['unpruned'])} pt) |",
+        f"| params | {params['unpruned']:,} | {params['compact']:,} ({_pct(params['compact'], params['unpruned'])}) |",
+        f"| MACs | {macs['unpruned'] / 1e6:.2f} M | {macs['compact'] / 1e6:.2f} M "
+        f"({_pct(macs['compact'], macs['unpruned'])}) |",
+        f"| compact vs hard-mask model | | max \\|Δlogit\\| {rec['max_abs_diff']:.1e} (tolerance 1e-4) |",
+        "",
+        f"Produced by `python benchmarks/readme_numbers.py` with {versions}.",
+        f"<!-- data: {json.dumps(rec, sort_keys=True)} -->",
+    ])
+
+
+def digits_table(rows: list[dict], packages: dict) -> str:
+    lines = ["| method | rate | after pruning | after fine-tuning | params | MACs |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['rate']:.0%} | {r['pruned']:.2f} | {r['finetuned']:.2f} | "
+                     f"{r['params']:,} | {r['macs'] / 1e6:.2f} M |")
+    record = {"rows": rows, "packages": packages}
+    lines += ["", f"<!-- data: {json.dumps(record, sort_keys=True)} -->"]
+    return "\n".join(lines)
+
+
+def check(run_dir: Path, readme: Path = README) -> list[str]:
+    """Differences between a quickstart run dir and the README's quickstart record (empty: reproduced)."""
+    want = read_block_data(readme.read_text(), "quickstart")
+    got = quickstart_record(run_dir)
+    problems = []
+    for stage in STAGES:
+        a, b = got["accuracy"][stage], want["accuracy"][stage]
+        if abs(a - b) > ACCURACY_TOL_PT:
+            problems.append(f"{stage} top-1 {a:.2f} % vs README {b:.2f} % (tolerance ±{ACCURACY_TOL_PT} pt)")
+    for what in ("params", "macs"):
+        for which in ("unpruned", "compact"):
+            a, b = got[what][which], want[what][which]
+            if abs(a - b) > COUNT_TOL * b:
+                problems.append(f"{which} {what} {a:,} vs README {b:,} (tolerance ±{COUNT_TOL:.0%})")
+    if problems:
+        problems.append(f"versions here: {got['packages']}")
+        problems.append(f"versions of the README run: {want.get('packages')}")
+    return problems
+
+
+def regenerate(out: Path, skip_digits: bool) -> None:
+    from rich.console import Console
+
+    from vtpdeploy.train.pipeline import run_pipeline
+    from vtpdeploy.train.recipe import load_recipe
+
+    console = Console(stderr=True)
+    run_pipeline(load_recipe(None), out / "quickstart", console)
+    rec = quickstart_record(out / "quickstart")
+    text = replace_block(README.read_text(), "quickstart", quickstart_table(rec))
+    if not skip_digits:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import digits_sparse_vs_prune
+
+        digits_sparse_vs_prune.main(["--out", str(out / "digits_cmp")])
+        rows = json.loads((out / "digits_cmp" / "results.json").read_text())["rows"]
+        text = replace_block(text, "digits", digits_table(rows, rec["packages"]))
+    from vtpdeploy.fileio import atomic_write_text
+
+    atomic_write_text(README, text)
+    print(f"README.md updated from {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/readme"), help="where the runs go")
+    ap.add_argument("--check", type=Path, metavar="RUN_DIR", help="only compare RUN_DIR with the README")
+    ap.add_argument("--skip-digits", action="store_true", help="regenerate the quickstart table only")
+    args = ap.parse_args(argv)
+    if args.check is not None:
+        if not (args.check / "report.json").is_file():
+            print(f"error: {args.check}: no report.json (not a finished quickstart run dir)", file=sys.stderr)
+            return 2
+        problems = check(args.check)
+        for p in problems:
+            print(f"readme-numbers: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"readme-numbers: {args.check} reproduces the README quickstart table")
+        return 0
+    regenerate(args.out, args.skip_digits)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""benchmarks/readme_numbers.py: the README's generated tables and the tolerance check CI runs on a fresh quickstart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import readme_numbers as rn  # noqa: E402
+
+
+def fake_run(tmp: Path, rec: dict, *, acc_shift: float = 0.0, params_scale: float = 1.0, torch: str = "9.9") -> Path:
+    run = tmp / "run"
+    run.mkdir()
+    report = {
+        "accuracy": {k: v + acc_shift for k, v in rec["accuracy"].items()},
+        "params": {k: round(v * params_scale) for k, v in rec["params"].items()},
+        "macs": rec["macs"], "compaction": {"max_abs_diff": rec["max_abs_diff"]}, "wall_seconds": 1.0,
+    }
+    (run / "report.json").write_text(json.dumps(report))
+    (run / "manifest.json").write_text(json.dumps({"packages": {**rec["packages"], "torch": torch}}))
+    return run
+
+
+@pytest.fixture
+def readme_record() -> dict:
+    return rn.read_block_data((ROOT / "README.md").read_text(), "quickstart")
+
+
+def test_readme_carries_the_quickstart_record(readme_record):
+    assert set(readme_record["accuracy"]) == set(rn.STAGES)
+    assert readme_record["params"]["compact"] < readme_record["params"]["unpruned"]
+    assert "torch" in readme_record["packages"]
+
+
+@pytest.mark.parametrize("acc_shift, params_scale, ok", [
+    (0.0, 1.0, True), (0.4, 1.0, True), (-0.6, 1.0, False), (0.0, 1.019, True), (0.0, 1.03, False),
+])
+def test_check_applies_the_tolerances(tmp_path, readme_record, acc_shift, params_scale, ok):
+    run = fake_run(tmp_path, readme_record, acc_shift=acc_shift, params_scale=params_scale)
+    problems = rn.check(run)
+    assert (problems == []) is ok
+    if not ok:  # a mismatch names the versions of both runs
+        assert any("versions here" in p and "'torch': '9.9'" in p for p in problems)
+        assert any("versions of the README run" in p for p in problems)
+
+
+def test_regenerated_block_round_trips(tmp_path, readme_record):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- readme-numbers:quickstart:start -->\nold\n<!-- readme-numbers:quickstart:end -->\nend\n")
+    text = rn.replace_block(readme.read_text(), "quickstart", rn.quickstart_table(readme_record))
+    readme.write_text(text)
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert rn.read_block_data(text, "quickstart") == readme_record
+    assert rn.check(fake_run(tmp_path, readme_record), readme=readme) == []
+
+
+def test_cli_check_exit_codes(tmp_path, readme_record):
+    script = ROOT / "benchmarks" / "readme_numbers.py"
+    bad = subprocess.run([sys.executable, str(script), "--check", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    run = fake_run(tmp_path, readme_record, acc_shift=1.0)
+    off = subprocess.run([sys.executable, str(script), "--check", str(run)], capture_output=True, text=True)
+    assert off.returncode == 1 and "top-1" in off.stderr

@@ -1,0 +1,170 @@
+"""Plan records: width constraints, the kept dims of every gate, and their JSON round trip.
+
+Kept apart from the algorithms (`plan`, `widths`, `profiles`, `latency_plan`), which all produce or
+read these records, so none of them imports another just for the types.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import PlanError
+from ..fileio import atomic_write_text
+from .sites import GATE_KINDS, site_sizes
+
+Scope = Literal["global", "per_kind", "per_layer"]
+Importance = Literal["gate", "weight_l1"]
+
+
+class WidthConstraints(BaseModel):
+    """Width rules a plan must satisfy. `profile: none` is the paper-faithful plan (no rounding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = "none"
+    round_to: dict[str, int] = Field(default_factory=dict, description="kind -> kept count multiple")
+    head_aligned_v: bool = Field(False, description="every head of a block keeps the same V dim count")
+    v_head_dims: list[int] | None = Field(None, description="allowed per-head V dims (fused-MHA limits)")
+    min_width: dict[str, int] = Field(default_factory=dict, description="kind -> minimum kept count")
+
+    def min_for(self, kind: str) -> int:
+        return max(1, self.min_width.get(kind, 1))
+
+
+class GatePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    block: int
+    kind: str
+    size: int
+    kept: list[int]
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.block}.{self.kind}"
+
+
+class PrunePlan(BaseModel):
+    """The kept dims of every gate. JSON round-trips through `save`/`load`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["vtpdeploy-plan"] = "vtpdeploy-plan"
+    version: int = 1
+    rate: float
+    scope: Scope
+    importance: Importance
+    num_heads: int
+    head_dim: int
+    thresholds: dict[str, float] = Field(default_factory=dict, description="scope key -> tau")
+    constraints: WidthConstraints = Field(default_factory=WidthConstraints)
+    gates: list[GatePlan]
+
+    # -- queries -------------------------------------------------------------------------
+    def gate(self, block: int, kind: str) -> GatePlan:
+        for g in self.gates:
+            if g.block == block and g.kind == kind:
+                return g
+        raise PlanError(f"plan has no gate blocks.{block}.{kind}")
+
+    @property
+    def num_blocks(self) -> int:
+        return 1 + max(g.block for g in self.gates)
+
+    @property
+    def total_dims(self) -> int:
+        return sum(g.size for g in self.gates)
+
+    @property
+    def kept_dims(self) -> int:
+        return sum(len(g.kept) for g in self.gates)
+
+    @property
+    def realised_rate(self) -> float:
+        return 1.0 - self.kept_dims / self.total_dims
+
+    def v_dims_per_head(self, block: int) -> list[int]:
+        kept = self.gate(block, "attn_v").kept
+        counts = [0] * self.num_heads
+        for idx in kept:
+            counts[idx // self.head_dim] += 1
+        return counts
+
+    def summary(self) -> dict:
+        """Per-block kept counts per gate kind, per-kind totals and the realised rate."""
+        blocks = []
+        for b in range(self.num_blocks):
+            row = {"block": b}
+            for kind in GATE_KINDS:
+                g = self.gate(b, kind)
+                row[kind] = len(g.kept)
+                row[f"{kind}_size"] = g.size
+            row["v_dims_per_head"] = self.v_dims_per_head(b)
+            blocks.append(row)
+        per_kind = {}
+        for kind in GATE_KINDS:
+            gs = [g for g in self.gates if g.kind == kind]
+            per_kind[kind] = {"kept": sum(len(g.kept) for g in gs), "total": sum(g.size for g in gs)}
+        return {
+            "requested_rate": self.rate,
+            "realised_rate": round(self.realised_rate, 6),
+            "scope": self.scope,
+            "importance": self.importance,
+            "profile": self.constraints.profile,
+            "kept_dims": self.kept_dims,
+            "total_dims": self.total_dims,
+            "per_kind": per_kind,
+            "blocks": blocks,
+        }
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PrunePlan":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PlanError(f"{path}: plan file not found") from None
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"{path}: not a readable JSON plan ({exc})") from None
+        try:
+            plan = cls.model_validate(data)
+        except Exception as exc:  # pydantic.ValidationError, one line
+            raise PlanError(f"{path}: invalid plan ({_first_error(exc)})") from None
+        plan.check_consistent()
+        return plan
+
+    def check_consistent(self) -> None:
+        for g in self.gates:
+            if g.kind not in GATE_KINDS:
+                raise PlanError(f"{g.name}: unknown gate kind")
+            if not g.kept or sorted(set(g.kept)) != g.kept or g.kept[0] < 0 or g.kept[-1] >= g.size:
+                raise PlanError(f"{g.name}: kept dims must be sorted, unique, non-empty and < {g.size}")
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise PlanError unless every gate of the plan matches the model's widths."""
+        sizes = site_sizes(model)
+        planned = {(g.block, g.kind): g.size for g in self.gates}
+        if planned != sizes:
+            missing = sorted(set(sizes) ^ set(planned))
+            wrong = [k for k in sizes if k in planned and planned[k] != sizes[k]]
+            detail = f"sites {missing[:3]}" if missing else f"widths at {wrong[:3]}"
+            raise PlanError(f"plan does not fit the model ({detail})")
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+    return str(exc).splitlines()[0]
