@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-QUICK_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=10)
+QUICK_KW = {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 3, "num_classes": 10}
 MODELS = ("deit_base", "vtp40")
 
 

@@ -1,6 +1,8 @@
 """Digits: VTP (sparse training, then prune by gates) vs prune-only (no sparse training, weight L1),
 at 20 / 40 / 60 %, plus VTP-40 % with knowledge distillation from the unpruned model and VTP-40 % with
-paper-faithful widths (`prune.hardware=none`) instead of the default `cpu` profile.
+paper-faithful widths (`prune.hardware=none`) instead of the default `cpu` profile, and the structures
+of issue 13: gather-free compact models (`prune.hardware=cpu-nogather`) and whole-head pruning
+(`prune.granularity=head` / `head+dim`) at 40 / 60 %.
 
     python benchmarks/digits_sparse_vs_prune.py --out runs/digits_cmp [--recipe recipes/quickstart.yaml]
 
@@ -34,6 +36,15 @@ ARMS = [
     ("only60", "prune-only (weight L1)", ["prune.rate=0.6", "sparsify.enabled=false", "prune.importance=weight_l1"]),
     ("vtp40_kd", "VTP + soft KD", ["prune.rate=0.4", "finetune.distill=soft"]),
     ("vtp40_none", "VTP, paper-faithful widths (hardware none)", ["prune.rate=0.4", "prune.hardware=none"]),
+    # structures of issue 13: gather-free compact models, whole-head pruning
+    ("nogather40", "VTP, gather-free (cpu-nogather)", ["prune.rate=0.4", "prune.hardware=cpu-nogather"]),
+    ("nogather60", "VTP, gather-free (cpu-nogather)", ["prune.rate=0.6", "prune.hardware=cpu-nogather"]),
+    ("head40", "VTP, whole heads (granularity head)", ["prune.rate=0.4", "prune.granularity=head"]),
+    ("head60", "VTP, whole heads (granularity head)", ["prune.rate=0.6", "prune.granularity=head"]),
+    ("headdim40", "VTP, heads + V dims (head+dim)", ["prune.rate=0.4", "prune.granularity=head+dim"]),
+    ("headdim60", "VTP, heads + V dims (head+dim)", ["prune.rate=0.6", "prune.granularity=head+dim"]),
+    ("nogather60_hd", "VTP, gather-free + head+dim", ["prune.rate=0.6", "prune.hardware=cpu-nogather",
+                                                       "prune.granularity=head+dim"]),
 ]
 
 
@@ -64,15 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             "unpruned": report["accuracy"]["unpruned"], "pruned": report["accuracy"]["pruned"],
             "finetuned": report["accuracy"]["finetuned"],
             "params": report["params"]["compact"], "macs": report["macs"]["compact"],
+            "live_heads": [b["live_heads"] for b in report["plan"]["blocks"]],
             "seconds": round(time.perf_counter() - t, 1),
         })
     atomic_write_json(args.out / "results.json", {"rows": rows, "wall_seconds": round(time.perf_counter() - t0, 1),
                                                   "argv": sys.argv})
-    print("| method | rate | val top-1 unpruned | after prune | after fine-tune | params | MACs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | method | rate (realised) | val top-1 unpruned | after prune | after fine-tune | params | MACs |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['rate']:.0%} | {r['unpruned']:.2f} | {r['pruned']:.2f} | {r['finetuned']:.2f} "
-              f"| {r['params']:,} | {r['macs']:,} |")
+        print(f"| {r['arm']} | {r['method']} | {r['rate']:.0%} ({r['realised_rate']:.3f}) | {r['unpruned']:.2f} "
+              f"| {r['pruned']:.2f} | {r['finetuned']:.2f} | {r['params']:,} | {r['macs']:,} |")
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 # The one tiny ViT of the suite: 4x4 patches of 8 px + cls = 17 tokens, 3 heads of 16 dims, MLP hidden 192.
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 10}
 
 # A tiny end-to-end recipe: smaller still (16 px digits, width 32), so a whole pipeline takes seconds.
 TINY_RECIPE = {

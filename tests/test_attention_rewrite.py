@@ -24,6 +24,11 @@ from vtpdeploy.prune.arch import BlockWidths, describe
 from vtpdeploy.prune.compact import build
 
 DEPTH = 2
+HAS_ONNXSIM = importlib.util.find_spec("onnxsim") is not None
+needs_onnxsim = pytest.mark.skipif(not HAS_ONNXSIM, reason="onnxsim not installed")
+# what the exporter emits differs per simplifier: MatMul + Add (onnxslim), Reshape + Gemm (onnxsim), or the raw
+# graph with the scale computed from shapes (no simplifier)
+SIMPLIFIERS = [pytest.param("onnxslim", id="onnxslim"), pytest.param("onnxsim", id="onnxsim", marks=needs_onnxsim)]
 
 
 @torch.no_grad()
@@ -69,8 +74,12 @@ def _inputs(n: int = 2) -> np.ndarray:
     return np.random.default_rng(7).standard_normal((n, 3, 32, 32), dtype=np.float32)
 
 
-@pytest.mark.parametrize("kw", [dict(dynamic_batch=True), dict(batch=2, simplify=False)],
-                         ids=["dynamic-simplified", "fixed-batch-raw"])
+@pytest.mark.parametrize("kw", [
+    pytest.param({"dynamic_batch": True, "simplifier": "onnxslim"}, id="dynamic-onnxslim"),
+    pytest.param({"dynamic_batch": True, "simplifier": "onnxsim"}, id="dynamic-onnxsim", marks=needs_onnxsim),
+    pytest.param({"batch": 2, "simplifier": "onnxsim"}, id="fixed-batch-onnxsim", marks=needs_onnxsim),
+    pytest.param({"batch": 2, "simplify": False}, id="fixed-batch-raw"),
+])
 def test_timm_vit_every_block_fused_and_equal(tmp_path, kw):
     model = _timm_vit()
     src = _export(model, tmp_path / "vit.onnx", **kw)
@@ -87,21 +96,25 @@ def test_timm_vit_every_block_fused_and_equal(tmp_path, kw):
         assert np.abs(model(torch.from_numpy(x)).numpy() - out).max() <= 1e-4
 
 
+@pytest.mark.parametrize("simplifier", SIMPLIFIERS)
 @pytest.mark.parametrize("v_dims", [[16, 16, 16], [5, 16, 11], [0, 9, 16]],
                          ids=["uniform", "uneven", "uneven-dead-head"])
-def test_compact_model_every_block_fused_and_equal(tmp_path, v_dims):
+def test_compact_model_every_block_fused_and_equal(tmp_path, v_dims, simplifier):
     model = _compact(v_dims)
-    src = _export(model, tmp_path / "compact.onnx", dynamic_batch=True)
+    src = _export(model, tmp_path / "compact.onnx", dynamic_batch=True, simplifier=simplifier)
     rep = rewrite_attention_file(src, tmp_path / "compact.fused.onnx")
     fused = onnx.load(str(tmp_path / "compact.fused.onnx"))
     assert rep["rewritten"] == count_fused(fused) == DEPTH and not rep["skipped"]
-    assert rep["v_widths"] == [v_dims] * DEPTH
+    attn = model.blocks[0].attn  # the heads the compact model kept (a head with no V dim may be dropped)
+    kept = list(attn.v_dims)
+    assert [n for n in kept if n] == [n for n in v_dims if n]
+    assert rep["v_widths"] == [kept] * DEPTH
     # the V padding, its Pad/Gather and the Gather before proj are gone; only the kept-input Gathers remain
     assert not any(n.op_type in ("Pad", "Split", "Softmax", "Transpose") and "/attn/" in n.name
                    for n in fused.graph.node)
     node = next(n for n in fused.graph.node if n.op_type == "Attention")
     sizes = next(a.ints for a in node.attribute if a.name == "qkv_hidden_sizes")
-    assert list(sizes) == [48, 48, 3 * max(v_dims)]
+    assert list(sizes) == [len(kept) * attn.head_dim] * 2 + [len(kept) * max(kept)]
     x = _inputs(3)
     ref, out = _ort(src, x), _ort(fused, x)
     assert np.abs(ref - out).max() <= 1e-4
@@ -182,3 +195,28 @@ def test_openvino_runs_the_fused_model(tmp_path):
     with make_runner("openvino", tmp_path / "compact.fused.onnx", threads=1) as r:
         out = r.infer(x)
     assert np.abs(_ort(src, x) - out).max() <= 1e-4
+
+
+def test_export_stage_writes_fused_model_beside_the_plain_one(tmp_path):
+    from vtpdeploy.deploy.export import ExportConfig, run_export
+    from vtpdeploy.deploy.sources import ModelSource
+
+    model = _compact([5, 16, 11])
+    src = ModelSource(model, "compact", {"input_size": (3, 32, 32)})
+    rep = run_export(src, tmp_path, ExportConfig(attention="fused", dynamic_batch=True, val_n=4))
+    assert rep["attention"]["rewritten"] == DEPTH and rep["attention"]["max_abs_diff"] <= 1e-4
+    assert count_fused(tmp_path / "model.ort.onnx") == DEPTH
+    # model.onnx, which fp16/int8/TensorRT are built from, keeps standard ops only
+    plain = onnx.load(str(tmp_path / "model.onnx"))
+    assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node)
+    x = _inputs(2)
+    assert np.abs(_ort(tmp_path / "model.onnx", x) - _ort(tmp_path / "model.ort.onnx", x)).max() <= 1e-4
+
+
+def test_export_config_rejects_unknown_attention_mode():
+    from pydantic import ValidationError
+
+    from vtpdeploy.deploy.export import ExportConfig
+
+    with pytest.raises(ValidationError):
+        ExportConfig(attention="mha")

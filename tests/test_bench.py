@@ -43,6 +43,20 @@ def test_bootstrap_self_comparison_contains_one():
     assert stats.bootstrap_speedup(a, a, seed=0) == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.parametrize("n, n_boot, seed, conf", [(2, 500, 0, 0.95), (17, 2000, 3, 0.9), (60, 1000, 7, 0.99)])
+def test_paired_bootstrap_resamples_shared_rounds_with_the_given_seed(n, n_boot, seed, conf):
+    """The interval is the percentile bootstrap over round indices drawn once for both arrays."""
+    rng = np.random.default_rng(n)
+    drift = np.linspace(1.0, 2.0, n)
+    base, cand = 10.0 * drift * rng.lognormal(0, 0.1, n), 6.0 * drift * rng.lognormal(0, 0.1, n)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    ratios = base[idx].mean(axis=1) / cand[idx].mean(axis=1)
+    want_lo, want_hi = np.quantile(ratios, [(1 - conf) / 2, (1 + conf) / 2])
+    sp, lo, hi = stats.bootstrap_speedup(base, cand, n_boot=n_boot, seed=seed, conf=conf)
+    assert sp == pytest.approx(base.mean() / cand.mean(), rel=1e-12)
+    assert lo == pytest.approx(min(want_lo, sp), rel=1e-12) and hi == pytest.approx(max(want_hi, sp), rel=1e-12)
+
+
 # ---- the interleaved loop with fake runners --------------------------------------------------------
 class Counting(Runner):
     log: list = []

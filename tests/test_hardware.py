@@ -34,7 +34,7 @@ def mid_model():
 
 
 def test_profiles_and_lookup():
-    assert set(PROFILES) == {"none", "cpu", "gpu-fp16", "gpu-int8", "jetson-orin"}
+    assert set(PROFILES) == {"none", "cpu", "cpu-nogather", "gpu-fp16", "gpu-int8", "jetson-orin"}
     for name in PROFILES:
         c = constraints_for(name)
         assert isinstance(c, WidthConstraints) and c.profile == name
@@ -85,8 +85,11 @@ def test_profile_holds_in_plan_and_compact_model(mid_model, name, rate):
             assert v[0] in (16, 32, 64)
         if name == "gpu-fp16":
             assert v[0] % 8 == 0 and 16 <= v[0] <= 256
-        if name == "cpu":
+        if name in ("cpu", "cpu-nogather"):
             assert v[0] % 8 == 0
+        if name == "cpu-nogather":  # no input gathers: qkv and fc1 read the full LayerNorm output
+            assert widths["qkv_in"] == widths["mlp_in"] == 192
+            assert not blk.attn.gather_input and not blk.mlp.gather_input
 
 
 def test_realised_rate_close_and_bounded(mid_model):

@@ -56,7 +56,8 @@ def compact_model():
 def test_compact_model_round_trip(compact_model, tmp_path):
     loaded = _roundtrip(compact_model, tmp_path)
     _assert_same_state(compact_model, loaded)
-    assert loaded.blocks[0].attn.v_dims == [16, 3, 0]
+    assert loaded.blocks[0].attn.v_dims == [16, 3]  # the dead head is removed whole (spec keeps its 0)
+    assert loaded.blocks[0].attn.removed_heads == [2]
     assert [b.attn.v_dims for b in loaded.blocks] == [b.attn.v_dims for b in compact_model.blocks]
     assert not list(iter_gates(loaded))
     x = image_batch(compact_model)

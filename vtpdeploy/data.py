@@ -15,6 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 
+from .console import one_line
 from .errors import DataError, VtpError
 from .fileio import read_yaml
 
@@ -187,8 +188,7 @@ def create_timm_dataset(section: DataSection, split: Split, transform=None) -> D
         return create_dataset(section.dataset, root=str(section.path) if section.path else None, split=name,
                               is_training=split == "train", transform=transform, download=False)
     except Exception as exc:
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DataError(f"data.dataset {section.dataset!r} split {name!r}: cannot open ({msg})") from None
+        raise DataError(f"data.dataset {section.dataset!r} split {name!r}: cannot open ({one_line(exc)})") from None
 
 
 def validate_data(section: DataSection) -> None:

@@ -6,6 +6,7 @@ stand-in `trtexec` of a version first on PATH. Both log every call to a JSON-lin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -26,11 +27,15 @@ def use_python_trt(monkeypatch, version: str, log: Path):
     monkeypatch.setenv("TRT_STANDIN_LOG", str(log))
     monkeypatch.delenv("VTPDEPLOY_TRT_BUILDER", raising=False)
     monkeypatch.syspath_prepend(str(python_dir(version)))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    import tensorrt
-
+    package = python_dir(version) / "tensorrt"
+    spec = importlib.util.spec_from_file_location("tensorrt", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    tensorrt = importlib.util.module_from_spec(spec)
+    # Registered through monkeypatch *before* it runs, so teardown restores exactly what was there before
+    # (nothing, on a machine without TensorRT) and later tests see no stand-in.
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    spec.loader.exec_module(tensorrt)
     assert getattr(tensorrt, "STANDIN", False) and tensorrt.__version__ == VERSIONS[version]
-    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)  # removed again at teardown
     return tensorrt
 
 

@@ -11,7 +11,10 @@ import sys
 
 import typer
 
+from ..console import one_line
+
 COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate", "report")
+ERROR_LIMIT = 400  # characters of the one-line error a command prints
 
 app = typer.Typer(
     name="vtpdeploy",
@@ -51,11 +54,6 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def error_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
 def _click_exception_types() -> tuple[tuple, tuple, tuple]:
     """(exit, abort, usage) exception classes of typer's vendored click and of the click package."""
     exit_types, abort_types, usage_types = [typer.Exit], [typer.Abort], []
@@ -89,27 +87,27 @@ def main(argv: list[str] | None = None) -> None:
     except exit_types as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except abort_types:
-        typer.echo("error: aborted", err=True)
-        sys.exit(130)
+        _fail("aborted", 130)
     except usage_types as exc:
         if debug:
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()
             sys.exit(0)
-        typer.echo(f"error: {error_line(exc.format_message())}", err=True)
-        sys.exit(2)
+        _fail(one_line(exc.format_message(), ERROR_LIMIT), 2)
     except VtpError as exc:
         if debug:
             raise
-        typer.echo(f"error: {error_line(exc)}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(one_line(exc, ERROR_LIMIT), exc.exit_code)
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except Exception as exc:
         if debug:
             raise
-        typer.echo(f"error: internal error: {type(exc).__name__}: {error_line(exc)} (rerun with --debug)", err=True)
-        sys.exit(1)
+        _fail(f"internal error: {type(exc).__name__}: {one_line(exc, ERROR_LIMIT)} (rerun with --debug)", 1)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(code)

@@ -40,40 +40,23 @@ def register(app: typer.Typer) -> None:
         """Benchmark ARTIFACTs against a baseline, interleaved, with bootstrap speedup intervals."""
         from rich.console import Console
 
-        from ..deploy.bench.report import print_tables, write_json, write_markdown
-        from ..deploy.bench.run import parse_batches
         from ..errors import VtpError
 
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=200)
-        parse_batches(batch)  # bad --batch fails before anything else
+        if timeout is not None and not host:
+            raise VtpError("--timeout bounds a remote bench: use it with --host")
         rules = None
         if gate is not None:
             from ..deploy.bench.rules import load_rules
 
             rules = load_rules(gate)  # malformed rules fail before the run
-        if timeout is not None and not host:
-            raise VtpError("--timeout bounds a remote bench: use it with --host")
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        timing = dict(warmup_s=warmup_s, duration_s=duration_s, iters=iters, threads=threads, block_iters=block,
+                      seed=seed, tegrastats=tegrastats, precision=precision)
         if host:
-            from ..deploy.bench.remote import run_remote
-
-            args = ["--backend", backend, "--device", device, "--batch", batch, "--warmup-s", str(warmup_s),
-                    "--block", str(block), "--seed", str(seed), "--quiet"]
-            if duration_s is not None:
-                args += ["--duration-s", str(duration_s)]
-            if iters is not None:
-                args += ["--iters", str(iters)]
-            if threads is not None:
-                args += ["--threads", str(threads)]
-            if tegrastats is not None:
-                args += ["--tegrastats" if tegrastats else "--no-tegrastats"]
-            if precision != "auto":
-                args += ["--precision", precision]
-            if duration_s is not None and iters is not None:
-                raise VtpError("give --duration-s or --iters, not both")
-            report = run_remote(host, list(artifacts), args, baseline=baseline, port=port, remote_cmd=remote_cmd,
-                                known_hosts=known_hosts, identity=identity, timeout=timeout)
+            report = _run_remote(host, artifacts, backend, device, batch, baseline, timing, port=port,
+                                 remote_cmd=remote_cmd, known_hosts=known_hosts, identity=identity, timeout=timeout)
         else:
             from ..deploy.bench.run import run_bench
 
@@ -82,25 +65,54 @@ def register(app: typer.Typer) -> None:
                     console.print(f"[dim]{msg}[/]")
 
             report = run_bench(artifacts, backend=backend, device=device, batches=batch, baseline=baseline,
-                               warmup_s=warmup_s, duration_s=duration_s, iters=iters, threads=threads,
-                               block_iters=block, seed=seed, cache_dir=cache_dir, progress=progress,
-                               tegrastats=tegrastats, precision=precision)
-        if json_out:
-            write_json(report, json_out)
-        if md:
-            write_markdown(report, md)
-        if plot:
-            from ..deploy.bench.plot import write_plot
-
-            write_plot(report, plot)
+                               cache_dir=cache_dir, progress=progress, **timing)
+        _write_outputs(report, json_out, md, plot)
         if not quiet:
-            print_tables(report, console)
-        if rules is not None:
-            from ..deploy.bench.rules import evaluate, print_table, write_junit
+            from ..deploy.bench.report import print_tables
 
-            results = evaluate(report, rules)
-            print_table(results, console)
-            if junit:
-                write_junit(results, junit)
-            if not all(r.passed for r in results):
-                raise typer.Exit(1)
+            print_tables(report, console)
+        if rules is not None and not _gate_passes(report, rules, junit, console):
+            raise typer.Exit(1)
+
+
+def _run_remote(host: str, artifacts: list[str], backend: str, device: str, batch: str, baseline: str | None,
+                timing: dict, **ssh) -> dict:
+    """The same bench on `host` over SSH; its settings are checked here, before any connection."""
+    from ..deploy.bench.remote import run_remote
+    from ..deploy.bench.run import check_timing
+
+    check_timing(batch, timing["duration_s"], timing["iters"], timing["warmup_s"], timing["block_iters"],
+                 timing["threads"])
+    args = ["--backend", backend, "--device", device, "--batch", batch, "--warmup-s", str(timing["warmup_s"]),
+            "--block", str(timing["block_iters"]), "--seed", str(timing["seed"]), "--quiet"]
+    for flag, key in (("--duration-s", "duration_s"), ("--iters", "iters"), ("--threads", "threads")):
+        if timing[key] is not None:
+            args += [flag, str(timing[key])]
+    if timing["tegrastats"] is not None:
+        args += ["--tegrastats" if timing["tegrastats"] else "--no-tegrastats"]
+    if timing["precision"] != "auto":
+        args += ["--precision", timing["precision"]]
+    return run_remote(host, list(artifacts), args, baseline=baseline, **ssh)
+
+
+def _write_outputs(report: dict, json_out: Path | None, md: Path | None, plot: Path | None) -> None:
+    from ..deploy.bench.report import write_json, write_markdown
+
+    if json_out:
+        write_json(report, json_out)
+    if md:
+        write_markdown(report, md)
+    if plot:
+        from ..deploy.bench.plot import write_plot
+
+        write_plot(report, plot)
+
+
+def _gate_passes(report: dict, rules, junit: Path | None, console) -> bool:
+    from ..deploy.bench.rules import evaluate, print_table, write_junit
+
+    results = evaluate(report, rules)
+    print_table(results, console)
+    if junit:
+        write_junit(results, junit)
+    return all(r.passed for r in results)

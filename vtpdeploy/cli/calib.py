@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def calib(
         source: str = typer.Argument(..., help="run dir (uses its recipe's data section) or an image folder"),
         out: Path = typer.Option(..., "--out", help="calibration dir to write"),
-        n: int = typer.Option(500, "--n", help="images to draw (~500 for ImageNet-class models)"),
+        n: int = typer.Option(500, "--n", min=1, help="images to draw (~500 for ImageNet-class models)"),
         seed: int = typer.Option(0, "--seed", help="same seed -> byte-identical set"),
         split: str = typer.Option("train", "--split", help="split to draw from (train; never val)"),
         model: Optional[str] = typer.Option(None, "--model", help="image folder: saved model path or timm name for the transform"),
@@ -23,8 +23,6 @@ def register(app: typer.Typer) -> None:
         from ..deploy.export.calib import calib_from_source
         from ..errors import VtpError
 
-        if n < 1:
-            raise VtpError(f"--n must be >= 1, got {n}")
         size = None
         if input_size:
             try:

@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="symbolic batch dim 'batch'"),
         simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="simplify the graph (kept only if it "
                                       "validates); --no-simplify = --simplifier none"),
-        simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim (default) | onnxsim (the onnxsim "
-                                       "extra) | none"),
+        simplifier: str = typer.Option("auto", "--simplifier", help="auto (default: onnxsim when installed, else "
+                                       "onnxslim) | onnxslim | onnxsim (the onnxsim extra) | none"),
         fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx"),
         int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (needs --calib)"),
         int8_fp16: bool = typer.Option(
@@ -48,57 +48,47 @@ def register(app: typer.Typer) -> None:
         bad = [c for c in check if c != "trt"]
         if bad:
             raise VtpError(f"--check {bad[0]!r}: only 'trt' is supported")
-        if int8 and calib is None:
-            raise VtpError("--int8 needs --calib CALIB_DIR (build one with `vtpdeploy calib`)")
-        if int8_fp16 and (not int8 or int8_activations == "u8"):
-            raise VtpError("--int8-fp16 converts the TensorRT INT8 model: it needs --int8 with s8 activations")
-        if calib_method not in ("MinMax", "Percentile", "Entropy"):
-            raise VtpError(f"--calib-method {calib_method!r}: choose MinMax, Percentile or Entropy")
-        if int8_activations not in ("s8", "u8"):
-            raise VtpError(f"--int8-activations {int8_activations!r}: choose s8 (TensorRT) or u8 (CPU)")
-        if trt and int8 and int8_activations == "u8":
-            raise VtpError("--trt builds the INT8 engine from model.int8.onnx, and TensorRT rejects u8 activations: "
-                           "use --int8-activations s8")
-        if simplifier not in ("onnxslim", "onnxsim", "none"):
-            raise VtpError(f"--simplifier {simplifier!r}: choose onnxslim, onnxsim or none")
         if source is not None and model is not None:
             raise VtpError("give a SOURCE or --model, not both")
-        if trt:  # no TensorRT, or one older than 8.5: one line before any work
-            from ..deploy.export.trt_build import installed_version
-
-            installed_version()
 
         import torch
 
         from ..deploy.export.config import ExportConfig
         from ..deploy.export.stage import run_export
         from ..deploy.sources import load_source
+        from .flags import config_from_flags
 
+        cfg = config_from_flags(ExportConfig, {"check_trt": "--check"}, enabled=True, opset=opset, batch=batch,
+                                dynamic_batch=dynamic_batch, simplify=simplify, simplifier=simplifier, fp16=fp16,
+                                int8=int8, int8_fp16=int8_fp16, calib_method=calib_method,
+                                int8_activations=int8_activations, check_trt="trt" in check, trt=trt, strict=strict,
+                                atol=atol)
         if threads:
             torch.set_num_threads(threads)
-        cfg = ExportConfig(enabled=True, opset=opset, batch=batch, dynamic_batch=dynamic_batch, simplify=simplify,
-                           simplifier=simplifier,
-                           fp16=fp16, int8=int8, int8_fp16=int8_fp16, calib_method=calib_method, int8_activations=int8_activations, check_trt="trt" in check, trt=trt,
-                           strict=strict, atol=atol)
         src = load_source(source, timm_name=model, which=which)
         out_dir = out or ((src.run_dir / "export") if src.run_dir else Path("export"))
         report = run_export(src, out_dir, cfg, calib_dir=calib, threads=threads, trt_targets=trt_target or None,
                             log=lambda m: typer.echo(m))
-        for v in report["validations"]:
-            extra = f" (tol {v['atol']:.0e})" if v["atol"] else ""
-            typer.echo(f"  {v['stage']:<16} {v['backend']:<9} max|diff| {v['max_abs_diff']:.3e}{extra}  "
-                       f"top-1 agreement {v['top1_agreement']:.4f}  n={v['n']}")
-        held = report.get("int8", {}).get("heldout")
-        if held:
-            typer.echo(f"  int8 held-out ({held['from']}, n={held['n']}): accuracy fp32 {held['accuracy_fp32']:.4f} "
-                       f"int8 {held['accuracy_int8']:.4f}, agreement {held['top1_agreement']:.4f}")
-        if "engine" in report:
-            e = report["engine"]
-            typer.echo(f"  TensorRT {e['tensorrt_version']} ({e['builder']}): {e['precision']} engine from "
-                       f"{Path(e['onnx']).name}, strongly typed {e['strongly_typed']}, flags "
-                       f"{'+'.join(e['builder_flags']) or 'none'}, TF32 {'on' if e['tf32'] else 'off'}")
-            for note in e["notes"]:
-                typer.echo(f"  note: {note}")
-        if "trt_report" in report:
-            typer.echo(f"  TensorRT readiness: {report['trt_report']['warnings']} warning(s) -> {out_dir / 'trt_report.json'}")
-        typer.echo(f"wrote {out_dir / 'export.json'}")
+        _print_summary(report, out_dir)
+
+
+def _print_summary(report: dict, out_dir: Path) -> None:
+    """Every validation, the INT8 held-out check, the engine and readiness, one line each."""
+    for v in report["validations"]:
+        extra = f" (tol {v['atol']:.0e})" if v["atol"] else ""
+        typer.echo(f"  {v['stage']:<16} {v['backend']:<9} max|diff| {v['max_abs_diff']:.3e}{extra}  "
+                   f"top-1 agreement {v['top1_agreement']:.4f}  n={v['n']}")
+    held = report.get("int8", {}).get("heldout")
+    if held:
+        typer.echo(f"  int8 held-out ({held['from']}, n={held['n']}): accuracy fp32 {held['accuracy_fp32']:.4f} "
+                   f"int8 {held['accuracy_int8']:.4f}, agreement {held['top1_agreement']:.4f}")
+    if "engine" in report:
+        e = report["engine"]
+        typer.echo(f"  TensorRT {e['tensorrt_version']} ({e['builder']}): {e['precision']} engine from "
+                   f"{Path(e['onnx']).name}, strongly typed {e['strongly_typed']}, flags "
+                   f"{'+'.join(e['builder_flags']) or 'none'}, TF32 {'on' if e['tf32'] else 'off'}")
+        for note in e["notes"]:
+            typer.echo(f"  note: {note}")
+    if "trt_report" in report:
+        typer.echo(f"  TensorRT readiness: {report['trt_report']['warnings']} warning(s) -> {out_dir / 'trt_report.json'}")
+    typer.echo(f"wrote {out_dir / 'export.json'}")

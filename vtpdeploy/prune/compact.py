@@ -3,7 +3,10 @@
 Pruned dims are removed from the weights; kept gate values (and LayerScale) are folded into the
 adjacent Linear weights. Attention keeps full-width Q/K (VTP gates only touch V) and supports heads
 with uneven V dims (a paper-faithful plan can leave them) by padding V per head inside the kernel
-call and gathering the real columns before proj.
+call and gathering the real columns before proj. A head with no kept V dim has no output, so it is
+removed whole: its Q/K rows go, and with them its QK^T, softmax and share of the reshapes. A block
+whose every head is dead is refused (PlanError; the plan format needs at least one kept V dim).
+A block whose qkv_in / mlp_in gates keep every dim reads the LayerNorm output directly (no gather).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ class CompactAttention(nn.Module):
     """Self-attention with kept input dims, full Q/K heads and per-head V widths `v_dims`."""
 
     def __init__(self, dim: int, in_width: int, num_heads: int, head_dim: int, v_dims: list[int], bias: bool):
+        """`num_heads` / `v_dims`: the source model's heads and V dims per head; heads with 0 V dims are dropped."""
         super().__init__()
         if len(v_dims) != num_heads or sum(v_dims) < 1:
             raise PlanError(f"attention needs {num_heads} V widths with at least one kept dim, got {v_dims}")
-        self.num_heads, self.head_dim, self.v_dims = num_heads, head_dim, list(v_dims)
+        self.removed_heads = [h for h, n in enumerate(v_dims) if n == 0]
+        v_dims = [int(n) for n in v_dims if n]
+        self.num_heads, self.head_dim, self.v_dims = len(v_dims), head_dim, v_dims
         self.gather_input = in_width != dim
         self.register_buffer("in_index", torch.arange(in_width), persistent=True)
-        self.qk_width = 2 * num_heads * head_dim
+        self.qk_width = 2 * self.num_heads * head_dim
         self.qkv = nn.Linear(in_width, self.qk_width + sum(v_dims), bias=bias)
         self.proj = nn.Linear(sum(v_dims), dim)
         self.uniform_v = len(set(v_dims)) == 1
@@ -63,7 +69,8 @@ class CompactAttention(nn.Module):
         return self.proj(out)
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, v_dims={self.v_dims}"
+        removed = f", removed_heads={self.removed_heads}" if self.removed_heads else ""
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, v_dims={self.v_dims}{removed}"
 
 
 class CompactMlp(nn.Module):
@@ -160,7 +167,10 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str)
     qkv = attn.qkv.linear
     k_in = kept("qkv_in", qkv.weight.device)
     k_v = kept("attn_v", qkv.weight.device)
-    rows = torch.cat([torch.arange(2 * A, device=k_v.device), 2 * A + k_v])
+    hd = attn.head_dim
+    live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
+    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live])
+    rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
     w = qkv.weight[:, k_in] * attn.qkv.gate[k_in]
     state[f"{prefix}attn.in_index"] = k_in.cpu()
     state[f"{prefix}attn.qkv.weight"] = w[rows]
@@ -197,6 +207,10 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
         raise PlanError("compact needs a gated model (add_gates, then plan)")
     plan.check_fits(model)
     check_supported(model)  # timm layout with biased proj/fc1/fc2, which compaction folds into
+    for b in range(plan.num_blocks):
+        if not plan.gate(b, "attn_v").kept:
+            raise PlanError(f"blocks.{b}: attention needs at least one kept dim of attn_v (every head is dead; "
+                            "the plan format cannot drop a whole attention)")
     spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan)})
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     for b, block in enumerate(model.blocks):

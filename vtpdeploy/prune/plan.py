@@ -3,6 +3,10 @@
 `plan(model, rate, ..., constraints=...)` is the one rate-driven planning path: a threshold τ over the
 scores gives each gate a kept count, `widths.allocate` moves the counts to widths the constraints (a
 hardware profile) allow while keeping the total, and `widths.gate_plans` picks the kept dims.
+
+Kinds the constraints keep full (`keep_full`, e.g. the `cpu-nogather` profile) are left out of the
+ranking and the others remove their share too, so the plan still removes `rate` of all gated dims.
+Under `granularity="head"` a head's V dims are ranked as one unit: each scores its head's mean.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from torch import nn
 
 from ..errors import PlanError
 from .gates import check_supported, iter_gates
-from .schema import GatePlan, Importance, PrunePlan, Scope, WidthConstraints
+from .schema import GRANULARITIES, GatePlan, Granularity, Importance, PrunePlan, Scope, WidthConstraints
 from .sites import Key, iter_sites, unwrap
 from .widths import allocate, gate_plans
 
@@ -55,6 +59,24 @@ def _scope_groups(keys, scope: Scope) -> dict[str, list[Key]]:
     return groups
 
 
+def _head_mean_scores(s: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Every V dim scores its head's mean: a head is ranked as one unit against single dims."""
+    return s.reshape(num_heads, head_dim).mean(dim=1, keepdim=True).expand(num_heads, head_dim).reshape(-1).clone()
+
+
+def _prunable_rate(scores: dict[Key, torch.Tensor], constraints: WidthConstraints, rate: float) -> float:
+    """The rate the prunable kinds must lose so that `rate` of all gated dims goes."""
+    total = sum(s.numel() for s in scores.values())
+    free = sum(s.numel() for k, s in scores.items() if k[1] not in constraints.keep_full)
+    if not free:
+        raise PlanError(f"profile {constraints.profile} keeps every gate kind full: nothing to prune")
+    effective = rate * total / free
+    if effective >= 1.0:
+        raise PlanError(f"rate {rate} is too high for profile {constraints.profile}: it keeps "
+                        f"{', '.join(constraints.keep_full)} full, so at most {free / total:.0%} of the gated dims can go")
+    return effective
+
+
 def _threshold_counts(scores: dict[Key, torch.Tensor], groups: dict[str, list[Key]],
                       rate: float) -> tuple[dict[Key, int], dict[str, float]]:
     """Per gate, the dims left after removing the lowest-scoring `rate` of each group; and each group's τ."""
@@ -86,6 +108,7 @@ def plan(
     scope: Scope = "global",
     importance: Importance = "gate",
     constraints: WidthConstraints | None = None,
+    granularity: Granularity | None = None,
 ) -> PrunePlan:
     """Rank scores and drop the `rate` fraction of gated dims with the lowest scores.
 
@@ -93,6 +116,8 @@ def plan(
     `per_layer` removes `rate` of every gate. Each gate keeps at least its minimum width, so the
     realised rate can differ slightly from the requested one; the plan reports it. `constraints`
     (e.g. `profiles.constraints_for("cpu")`) restricts the widths; the default is paper-faithful.
+    `granularity` (default: the constraints', `dim`) sets how attention is cut: `head` removes whole
+    heads (ranked by their V score mass), `head+dim` whole heads and V dims of the live heads.
     """
     if not 0.0 < rate < 1.0:
         raise PlanError(f"prune rate must be in (0, 1), got {rate}")
@@ -100,11 +125,22 @@ def plan(
         raise PlanError(f"unknown scope {scope!r} (use global, per_kind or per_layer)")
     check_supported(model)
     constraints = constraints or WidthConstraints()
+    if granularity is not None:
+        if granularity not in GRANULARITIES:
+            raise PlanError(f"unknown granularity {granularity!r} (use {', '.join(GRANULARITIES)})")
+        constraints = constraints.model_copy(update={"granularity": granularity}, deep=True)
     scores = importance_scores(model, importance)
     attn = model.blocks[0].attn
-    groups = _scope_groups(scores, scope)
-    counts, thresholds = _threshold_counts(scores, groups, rate)
+    if constraints.granularity == "head":
+        scores = {k: _head_mean_scores(s, attn.num_heads, attn.head_dim) if k[1] == "attn_v" else s
+                  for k, s in scores.items()}
+    ranked = {k: s for k, s in scores.items() if k[1] not in constraints.keep_full}
+    groups = _scope_groups(ranked, scope)
+    counts, thresholds = _threshold_counts(ranked, groups, _prunable_rate(scores, constraints, rate)
+                                           if constraints.keep_full else rate)
+    counts.update({k: s.numel() for k, s in scores.items() if k not in ranked})
     counts = allocate(counts, scores, constraints, attn.num_heads, attn.head_dim, groups.values())
+    counts.update({k: s.numel() for k, s in scores.items() if k not in ranked})
     result = PrunePlan(
         rate=rate,
         scope=scope,

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from torch import nn
 
 from ..errors import PlanError
@@ -19,6 +19,8 @@ from .sites import GATE_KINDS, site_sizes
 
 Scope = Literal["global", "per_kind", "per_layer"]
 Importance = Literal["gate", "weight_l1"]
+Granularity = Literal["dim", "head", "head+dim"]
+GRANULARITIES: tuple[str, ...] = ("dim", "head", "head+dim")
 
 
 class WidthConstraints(BaseModel):
@@ -31,9 +33,38 @@ class WidthConstraints(BaseModel):
     head_aligned_v: bool = Field(False, description="every head of a block keeps the same V dim count")
     v_head_dims: list[int] | None = Field(None, description="allowed per-head V dims (fused-MHA limits)")
     min_width: dict[str, int] = Field(default_factory=dict, description="kind -> minimum kept count")
+    keep_full: list[str] = Field(
+        default_factory=list,
+        description="kinds never pruned; their share of the rate goes to the other kinds (qkv_in + mlp_in: "
+                    "the compact model has no input gathers)")
+    granularity: Granularity = Field(
+        "dim", description="attn_v: dim (per V dim), head (whole heads only), head+dim (whole heads and V dims)")
+
+    @field_validator("keep_full")
+    @classmethod
+    def _known_kinds(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in GATE_KINDS]
+        if bad:
+            raise ValueError(f"unknown gate kind {bad[0]!r} in keep_full; kinds: {', '.join(GATE_KINDS)}")
+        return sorted(set(v), key=GATE_KINDS.index)
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        # Plans written before keep_full/granularity existed stay byte-identical.
+        data = handler(self)
+        if isinstance(data, dict):
+            if not data.get("keep_full"):
+                data.pop("keep_full", None)
+            if data.get("granularity") == "dim":
+                data.pop("granularity", None)
+        return data
 
     def min_for(self, kind: str) -> int:
         return max(1, self.min_width.get(kind, 1))
+
+    def min_heads(self, head_dim: int) -> int:
+        """Live heads a block keeps at least under head granularity (from `min_width["attn_v"]`)."""
+        return max(1, -(-self.min_for("attn_v") // head_dim))
 
 
 class GatePlan(BaseModel):
@@ -88,6 +119,10 @@ class PrunePlan(BaseModel):
     def realised_rate(self) -> float:
         return 1.0 - self.kept_dims / self.total_dims
 
+    def live_heads(self, block: int) -> int:
+        """Heads of `block` that keep at least one V dim (the others are removed whole by compaction)."""
+        return sum(1 for v in self.v_dims_per_head(block) if v)
+
     def v_dims_per_head(self, block: int) -> list[int]:
         kept = self.gate(block, "attn_v").kept
         counts = [0] * self.num_heads
@@ -105,6 +140,7 @@ class PrunePlan(BaseModel):
                 row[kind] = len(g.kept)
                 row[f"{kind}_size"] = g.size
             row["v_dims_per_head"] = self.v_dims_per_head(b)
+            row["live_heads"] = self.live_heads(b)
             blocks.append(row)
         per_kind = {}
         for kind in GATE_KINDS:
@@ -116,6 +152,7 @@ class PrunePlan(BaseModel):
             "scope": self.scope,
             "importance": self.importance,
             "profile": self.constraints.profile,
+            "granularity": self.constraints.granularity,
             "kept_dims": self.kept_dims,
             "total_dims": self.total_dims,
             "per_kind": per_kind,

@@ -102,7 +102,8 @@ class BlockDims:
     """Widths of one block (timm, gated, masked or compact).
 
     `size`: the built input width of each site; `kept`: the non-zero gates of a gated (or masked)
-    site, else its built width; `v_dims`: the built V dims per head (uneven only in compact blocks).
+    site, else its built width; `v_dims`: the built V dims per head (uneven only in compact blocks);
+    `num_heads`: the built heads (a compact block drops heads with no V dims: `removed_heads`).
     """
 
     num_heads: int
@@ -111,6 +112,7 @@ class BlockDims:
     kept: dict[str, int]
     v_dims: list[int]
     compact: bool
+    removed_heads: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ def read_block_dims(block: nn.Module) -> BlockDims:
         kept={kind: _kept(site(block, kind)) for kind in GATE_KINDS},
         v_dims=v_dims,
         compact=compact,
+        removed_heads=len(getattr(attn, "removed_heads", ())),
     )
 
 

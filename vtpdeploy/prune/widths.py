@@ -18,6 +18,14 @@ Three steps turn importance scores into a hardware-friendly plan:
 
 `min_width[kind]` is a total per gate; for head-aligned `attn_v` the per-head minimum is
 `ceil(min_width["attn_v"] / num_heads)` and `round_to["attn_v"]` is the per-head multiple.
+
+Two further constraints shape `attn_v` and the kinds that may shrink:
+
+- `keep_full`: those kinds have one rung, their full width (`plan` moves their share of the rate to the others).
+- `granularity`: `head` keeps whole heads only (counts `h × head_dim`, the heads with the largest V
+  score mass); `head+dim` under head alignment keeps `h` live heads of `d` V dims each and picks, for
+  each count, the `(h, d)` that keeps the most importance (`head_layouts`). Without head alignment
+  `head+dim` is `dim`: a dim-level plan already removes a head whose V dims all fall under τ.
 """
 
 from __future__ import annotations
@@ -35,12 +43,46 @@ def _aligned_v(kind: str, constraints: WidthConstraints) -> bool:
     return kind == "attn_v" and bool(constraints.head_aligned_v or constraints.v_head_dims)
 
 
+def _head_mode(kind: str, constraints: WidthConstraints) -> str:
+    """How an `attn_v` gate is cut: 'head' (whole heads), 'layout' (h heads × d dims) or '' (per dim)."""
+    if kind != "attn_v" or kind in constraints.keep_full:
+        return ""
+    if constraints.granularity == "head":
+        return "head"
+    if constraints.granularity == "head+dim" and _aligned_v(kind, constraints):
+        return "layout"
+    return ""
+
+
+def head_layouts(scores: torch.Tensor, constraints: WidthConstraints, num_heads: int,
+                 head_dim: int) -> dict[int, tuple[float, list[int], int]]:
+    """Kept count -> (importance kept, live heads, V dims per live head), the best layout per count.
+
+    `head`: h whole heads with the largest score mass; `head+dim`: every (h, d) with d an allowed
+    per-head V width, the h heads whose top-d scores sum highest.
+    """
+    s = scores.detach().float().cpu().reshape(num_heads, head_dim)
+    cum = torch.cat([torch.zeros(num_heads, 1), s.sort(dim=1, descending=True).values.cumsum(dim=1)], dim=1)
+    widths = [head_dim] if constraints.granularity == "head" else per_head_choices(constraints, num_heads, head_dim)
+    best: dict[int, tuple[float, list[int], int]] = {}
+    for d in widths:
+        mass = cum[:, d]
+        order = torch.argsort(mass, descending=True, stable=True)
+        acc = mass[order].cumsum(0)
+        for h in range(min(constraints.min_heads(head_dim), num_heads), num_heads + 1):
+            value = float(acc[h - 1])
+            if h * d not in best or value > best[h * d][0]:
+                best[h * d] = (value, sorted(int(i) for i in order[:h]), d)
+    return best
+
+
 def is_trivial(constraints: WidthConstraints) -> bool:
     """True when only minimum widths apply (the paper-faithful `none` profile)."""
     return (
         all(m <= 1 for m in constraints.round_to.values())
         and not constraints.head_aligned_v
         and not constraints.v_head_dims
+        and constraints.granularity != "head"
     )
 
 
@@ -59,6 +101,15 @@ def per_head_choices(constraints: WidthConstraints, num_heads: int, head_dim: in
 def feasible_counts(kind: str, size: int, constraints: WidthConstraints, num_heads: int, head_dim: int) -> list[int]:
     """Every kept count a gate of `size` dims may take, ascending (never empty; always ends at `size`
     unless aligned V dims forbid the full width)."""
+    if kind in constraints.keep_full:
+        return [size]
+    mode = _head_mode(kind, constraints)
+    if mode == "head":
+        return [h * head_dim for h in range(min(constraints.min_heads(head_dim), num_heads), num_heads + 1)]
+    if mode == "layout":
+        widths = per_head_choices(constraints, num_heads, head_dim)
+        return sorted({h * d for d in widths for h in range(min(constraints.min_heads(head_dim), num_heads),
+                                                                 num_heads + 1)})
     if _aligned_v(kind, constraints):
         return [d * num_heads for d in per_head_choices(constraints, num_heads, head_dim)]
     m = max(1, constraints.round_to.get(kind, 1))
@@ -78,7 +129,10 @@ class WidthLadder:
     def __init__(self, scores: torch.Tensor, kind: str, constraints: WidthConstraints, num_heads: int, head_dim: int):
         s = scores.detach().float().cpu()
         self.choices = feasible_counts(kind, s.numel(), constraints, num_heads, head_dim)
-        if _aligned_v(kind, constraints):
+        if _head_mode(kind, constraints):
+            layouts = head_layouts(s, constraints, num_heads, head_dim)
+            self.value = {c: layouts[c][0] for c in self.choices}
+        elif _aligned_v(kind, constraints):
             per_head = s.reshape(num_heads, head_dim).sort(dim=1, descending=True).values
             cum = torch.cat([torch.zeros(num_heads, 1), per_head.cumsum(dim=1)], dim=1).sum(dim=0)
             self.value = {c: float(cum[c // num_heads]) for c in self.choices}
@@ -196,10 +250,17 @@ def select_kept(
 ) -> list[int]:
     """The best-scoring dims of one gate, `n_keep` moved to the nearest feasible count.
 
-    Head-aligned `attn_v`: every head keeps the same number of V dims, ranked within each head.
+    Head-aligned `attn_v`: every head keeps the same number of V dims, ranked within each head; under
+    head granularity only the layout's live heads keep dims (the others are removed whole).
     """
     size = scores.numel()
     n = nearest(feasible_counts(kind, size, constraints, num_heads, head_dim), int(n_keep))
+    if _head_mode(kind, constraints):
+        _, heads, per_head = head_layouts(scores, constraints, num_heads, head_dim)[n]
+        kept = []
+        for h in heads:
+            kept += [h * head_dim + i for i in _top(scores[h * head_dim : (h + 1) * head_dim], per_head)]
+        return sorted(kept)
     if _aligned_v(kind, constraints):
         per_head = n // num_heads
         kept: list[int] = []

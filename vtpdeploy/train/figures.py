@@ -51,9 +51,10 @@ def accuracy_and_size(accuracy: dict[str, float], params: dict[str, int], macs: 
     colors = {"unpruned": BEFORE, "sparsified": "tab:purple", "pruned": PRUNED}
     bars = ax.bar(names, vals, color=[colors.get(n, KEPT) for n in names])
     ax.bar_label(bars, labels=[f"{v:.2f} %" for v in vals], padding=2)
-    ax.set_ylabel("val top-1 (%)")
+    bottom = 0.0 if min(vals) < 50 else 5.0 * (min(vals) // 5 - 1)  # zoom in when every stage is accurate
+    ax.set_ylabel("val top-1 (%)" + (f", axis from {bottom:g} %" if bottom else ""))
     ax.set_xlabel("stage")
-    ax.set_ylim(0, min(100.0, max(vals) * 1.15 + 1))
+    ax.set_ylim(bottom, max(vals) + 0.12 * (max(vals) - bottom) + 0.5)
     ax.set_title("Accuracy after each stage")
     for axis, counts, what in ((ax_p, params, "parameters"), (ax_m, macs, "MACs per image")):
         before, after = counts["unpruned"], counts["compact"]
@@ -72,6 +73,7 @@ def gate_histograms(per_kind: dict[str, dict], xlabel: str, path: Path) -> Path:
     `per_kind[kind] = {"kept": [...], "pruned": [...], "taus": [...]}`.
     """
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     plt = _plt()
     kinds = list(per_kind)
@@ -90,9 +92,13 @@ def gate_histograms(per_kind: dict[str, dict], xlabel: str, path: Path) -> Path:
         for i, tau in enumerate(taus):
             ax.axvline(tau, color="black", linestyle="--", linewidth=1.2 if len(taus) == 1 else 0.6,
                        label=(f"τ = {tau:.3g}" if len(taus) == 1 else f"τ per layer ({len(taus)})") if i == 0 else None)
-        ax.set_yscale("log")
+        log_y = np.histogram(allv, bins=bins)[0].max() > 50  # a tall spike near 0 would flatten the rest
+        if log_y:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100 (not 10^0)
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("dims (count, log scale)")
+        ax.set_ylabel("dims (count, log scale)" if log_y else "dims (count)")
         ax.set_title(KIND_TITLES.get(kind, kind))
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(kinds):]:

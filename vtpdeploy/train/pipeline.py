@@ -6,6 +6,7 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..data import (
     num_classes_of,
     validate_data,
 )
+from ..console import one_line
 from ..errors import CheckpointError, RecipeError
 from ..fileio import atomic_write_json, atomic_write_text, sha256_file, sha256_text
 from ..prune.arch import create_timm
@@ -38,8 +40,6 @@ from .recipe import Recipe, dump_recipe, section_json
 from .report import environment, save_gate_scores, write_run_report
 from .rundir import RunDir
 
-STAGES = ("train", "sparsify", "prune", "finetune", "compact", "export")
-STAGE_SECTION = {"compact": "prune"}  # recipe section a stage's key depends on (default: its own name)
 
 
 @dataclass
@@ -233,7 +233,7 @@ def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | 
     """The recipe's plan: rate-driven, or latency-guided when `prune.target_latency_ms` is set."""
     from ..prune.profiles import constraints_for
 
-    constraints = constraints_for(r.prune.hardware)
+    constraints = constraints_for(r.prune.hardware).model_copy(update={"granularity": r.prune.granularity})
     if r.prune.target_latency_ms is None:
         return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
                     constraints=constraints), None
@@ -295,12 +295,14 @@ def _stage_compact(ctx: Context, key: str) -> dict:
     return {"accuracy": acc, "max_abs_diff": diff, "atol": r.prune.atol, "counts": counts}
 
 
-def _stage_export(ctx: Context, key: str) -> tuple[dict, dict[str, Path]]:
+def _stage_export(ctx: Context, key: str) -> dict:
     """The `export` section: the same code as `vtpdeploy calib` + `vtpdeploy export` on this run dir."""
     from ..deploy.export import run_export
     from ..deploy.export.calib import calib_from_source
     from ..deploy.sources import load_source
 
+    if not ctx.is_main:
+        return {}
     cfg = ctx.recipe.export
     calib_dir = None
     if cfg.int8:
@@ -308,10 +310,43 @@ def _stage_export(ctx: Context, key: str) -> tuple[dict, dict[str, Path]]:
         calib_from_source(ctx.path, calib_dir, n=cfg.calib_n, seed=cfg.calib_seed)
     result = run_export(load_source(ctx.path), ctx.path / "export", cfg, calib_dir, threads=ctx.recipe.threads,
                         log=ctx.log)
-    artifacts = {p.stem.replace(".", "_"): p for p in sorted((ctx.path / "export").glob("*"))
-                 if p.is_file() and not p.name.startswith(".")}
-    ctx.log(f"export: wrote {', '.join(sorted(p.name for p in artifacts.values()))}")
-    return {"export": result}, artifacts
+    ctx.log(f"export: wrote {', '.join(sorted(p.name for p in _export_files(ctx.path).values()))}")
+    return {"export": result}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: the recipe section and earlier stages its key depends on, and what it writes."""
+
+    name: str
+    section: str  # recipe section (default: the stage's own name)
+    inputs: tuple[str, ...]  # earlier stages whose artifacts it reads
+    run: Callable[[Context, str, nn.Module], dict]
+    artifacts: Callable[[Path], dict[str, Path]]  # name -> file, once the stage has run
+
+
+def _model_files(stem: str) -> Callable[[Path], dict[str, Path]]:
+    return lambda run_dir: {"weights": run_dir / f"{stem}.safetensors", "arch": run_dir / f"{stem}.json"}
+
+
+def _export_files(run_dir: Path) -> dict[str, Path]:
+    return {p.stem.replace(".", "_"): p for p in sorted((run_dir / "export").glob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+STAGE_TABLE = (
+    Stage("train", "train", (), lambda ctx, key, model: _stage_train(ctx, model, key), _model_files("unpruned")),
+    Stage("sparsify", "sparsify", ("train",), lambda ctx, key, _: _stage_sparsify(ctx, key),
+          _model_files("stages/sparse")),
+    Stage("prune", "prune", ("sparsify",), lambda ctx, key, _: _stage_prune(ctx, key),
+          lambda run_dir: {"plan": run_dir / "plan.json"}),
+    Stage("finetune", "finetune", ("sparsify", "prune"), lambda ctx, key, _: _stage_finetune(ctx, key),
+          _model_files("stages/finetuned")),
+    Stage("compact", "prune", ("finetune", "prune"), lambda ctx, key, _: _stage_compact(ctx, key),
+          _model_files("model")),
+    Stage("export", "export", ("compact",), lambda ctx, key, _: _stage_export(ctx, key), _export_files),
+)
+STAGES = tuple(stage.name for stage in STAGE_TABLE)
 
 
 def _write_report(ctx: Context, wall_s: float) -> dict:
@@ -356,7 +391,7 @@ def _write_report_md(ctx: Context) -> None:
     try:
         path = write_run_report(ctx.path)
     except Exception as exc:  # noqa: BLE001 - every result is already on disk
-        ctx.log(f"report: report.md not written ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+        ctx.log(f"report: report.md not written ({type(exc).__name__}: {one_line(exc, 160)}); "
                 f"retry with `vtpdeploy report {ctx.path}`")
     else:
         ctx.log(f"report: wrote {path}")
@@ -412,13 +447,12 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
         with _progress(console, enabled=info.is_main and not events.enabled) as progress:
             ctx.progress = progress
             upstream = _base_key(recipe)
-            for i, name in enumerate(STAGES):
+            for i, stage in enumerate(STAGE_TABLE):
+                name = stage.name
                 if name == "export" and not recipe.export.enabled:
                     continue
-                prev = STAGES[i - 1] if i else None
-                art = json.dumps(run.artifact_hashes(prev), sort_keys=True) if prev else ""
-                key = _key(upstream, section_json(recipe, STAGE_SECTION.get(name, name)), art, name,
-                           compute_settings(recipe))
+                art = json.dumps({s: run.artifact_hashes(s) for s in stage.inputs}, sort_keys=True)
+                key = _key(upstream, section_json(recipe, stage.section), art, name, compute_settings(recipe))
                 upstream = key
                 if broadcast(info, run.is_done(name, key) if info.is_main else None):
                     ctx.log(f"{name}: up to date, skipped")
@@ -430,7 +464,8 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
                     run.invalidate_from(list(STAGES[i:]))
                     t0 = run.start(name, key)
                 seed_everything(recipe.seed)
-                metrics, artifacts = _run_stage(ctx, name, key, model)
+                metrics = stage.run(ctx, key, model)
+                artifacts = stage.artifacts(out) if info.is_main else {}
                 barrier(info)
                 if info.is_main:
                     run.finish(name, key, t0, artifacts, metrics)
@@ -450,19 +485,3 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
     return report
 
 
-def _run_stage(ctx: Context, name: str, key: str, model: nn.Module) -> tuple[dict, dict[str, Path]]:
-    p = ctx.path
-    if name == "train":
-        return _stage_train(ctx, model, key), {"weights": p / "unpruned.safetensors", "arch": p / "unpruned.json"}
-    if name == "sparsify":
-        return _stage_sparsify(ctx, key), {"weights": p / "stages/sparse.safetensors", "arch": p / "stages/sparse.json"}
-    if name == "prune":
-        return _stage_prune(ctx, key), {"plan": p / "plan.json"}
-    if name == "finetune":
-        return _stage_finetune(ctx, key), {"weights": p / "stages/finetuned.safetensors",
-                                           "arch": p / "stages/finetuned.json"}
-    if name == "compact":
-        return _stage_compact(ctx, key), {"weights": p / "model.safetensors", "arch": p / "model.json"}
-    if not ctx.is_main:
-        return {}, {}
-    return _stage_export(ctx, key)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from ..data import DataSection
 from ..errors import RecipeError
@@ -65,13 +65,23 @@ class PruneSection(Section):
     scope: Literal["global", "per_kind", "per_layer"] = "global"
     importance: Literal["gate", "weight_l1"] = "gate"
     atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
-    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, gpu-fp16, gpu-int8, "
-                                             "jetson-orin")
+    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, cpu-nogather, gpu-fp16, "
+                                             "gpu-int8, jetson-orin")
+    granularity: Literal["dim", "head", "head+dim"] = Field(
+        "dim", description="attention: prune V dims (dim), whole heads (head) or both (head+dim)")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
                                                                      "(rate is then ignored)")
     latency_backend: Literal["torch", "ort", "openvino"] = "ort"
     latency_batch: int = Field(1, gt=0)
     latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_granularity(self, handler):
+        # Run dirs made before `granularity` existed keep their prune stage key.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("granularity") == "dim":
+            data.pop("granularity")
+        return data
 
     @field_validator("hardware")
     @classmethod

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..console import one_line
+from ..deploy.bench.environment import cpu_model
 from ..errors import VtpError
 from ..fileio import atomic_write_json, atomic_write_text, sha256_text
 from ..prune.gates import GATE_KINDS, iter_gates
@@ -37,17 +39,7 @@ class RunReportError(VtpError):
 def environment(packages: dict | None = None) -> dict:
     """What a rerun must match to repeat the numbers: package versions, threads, machine type."""
     return {"packages": packages or {}, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "cpu_model": _cpu_model(), "os": platform.platform(), "python": platform.python_version()}
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+            "cpu_model": cpu_model(), "os": platform.platform(), "python": platform.python_version()}
 
 
 # -- gate scores ------------------------------------------------------------------------------------
@@ -162,7 +154,7 @@ def _read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise RunReportError(f"{path.parent}: no {path.name}; {what}") from None
     except (OSError, ValueError) as exc:
-        raise RunReportError(f"{path}: unreadable ({' '.join(str(exc).split())[:120]})") from None
+        raise RunReportError(f"{path}: unreadable ({one_line(exc, 120)})") from None
 
 
 def _bench_reports(run_dir: Path) -> list[tuple[Path, dict | None]]:
@@ -220,9 +212,12 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     # -- plan: gate scores, widths, V dims
     plan = PrunePlan.load(run_dir / "plan.json")
-    summary = report.get("plan") or plan.summary()
+    summary = plan.summary()
     md.append("## Gate scores and threshold τ\n")
-    taus = ", ".join(f"{k}: {v:.4g}" for k, v in plan.thresholds.items()) or "none (latency-guided plan)"
+    th = plan.thresholds
+    taus = (", ".join(f"{k}: {v:.4g}" for k, v in th.items()) if len(th) <= 8 else
+            f"{len(th)} per-layer thresholds from {min(th.values()):.4g} to {max(th.values()):.4g}")
+    taus = taus or "none (latency-guided plan)"
     md.append(f"Importance `{plan.importance}`, scope `{plan.scope}`, requested rate {plan.rate}, realised rate "
               f"{summary['realised_rate']:.4f} ({summary['kept_dims']:,} of {summary['total_dims']:,} gated dims "
               f"kept). τ: {taus}. Dims the plan pruned are red; width rounding can move a few across τ.\n")

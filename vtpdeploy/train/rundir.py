@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..console import package_versions
 from ..errors import RunLockedError, VtpError
 from ..fileio import atomic_write_json, sha256_file
 
@@ -18,16 +19,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+RUN_PACKAGES = ("vtpdeploy", "torch", "timm", "onnx", "onnxruntime", "openvino", "tensorrt", "numpy")
 
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("vtpdeploy", "torch", "timm", "onnx", "onnxruntime", "openvino", "tensorrt", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+
+def installed_versions() -> dict[str, str]:
+    """Python and the installed RUN_PACKAGES (absent ones left out), for the manifest."""
+    return {"python": sys.version.split()[0], **{k: v for k, v in package_versions(RUN_PACKAGES).items() if v}}
 
 
 class RunDir:
@@ -70,7 +67,7 @@ class RunDir:
                 self.manifest = {}
         self.manifest.setdefault("stages", {})
         self.manifest.update({"format": "vtpdeploy-run", "version": 1, "world_size": self.world_size,
-                              "packages": package_versions()})
+                              "packages": installed_versions()})
         self.save()
         return self
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import CheckpointError, VtpError
+from .onnx_info import onnx_input_shape, onnx_param_count
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 DEFAULT_BASELINE = "deit_base_patch16_224"
@@ -243,32 +244,6 @@ def _writable(folder: Path) -> bool:
 
 def _external_data(onnx_path: Path) -> list[Path]:
     return [q for q in (Path(str(onnx_path) + ".data"),) if q.is_file()]
-
-
-def onnx_input_shape(path: Path) -> tuple:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise VtpError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:160] or type(exc).__name__})") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if not inputs:
-        raise VtpError(f"{path}: ONNX model has no inputs")
-    dims = inputs[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
-
-
-def onnx_param_count(path: Path) -> int | None:
-    import numpy as np
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return None
-    return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
 
 
 def resolve(spec: str, cache_dir: Path | None = None) -> Artifact:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ...errors import VtpError
 from ...fileio import sha256_file
+from .onnx_info import onnx_input_shape
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
 
@@ -24,8 +25,6 @@ def check_precision(precision: str) -> str:
 
 
 def _batch_range(onnx_path: Path, batch: int) -> tuple[list[int | str], tuple[int, int, int]]:
-    from .artifacts import onnx_input_shape
-
     shape = list(onnx_input_shape(onnx_path))
     if isinstance(shape[0], int) and shape[0] > 0 and shape[0] != batch:
         raise VtpError(f"{onnx_path}: fixed batch size {shape[0]} but --batch {batch} was asked; "

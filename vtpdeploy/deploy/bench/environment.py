@@ -7,20 +7,15 @@ import platform
 import re
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from ...console import package_versions
 
 PACKAGES = ("vtpdeploy", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
+    """The CPU's model name (/proc/cpuinfo, else platform.processor()), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -71,7 +66,8 @@ def _gpu() -> dict | None:
     return info
 
 
-def _jetson() -> dict | None:
+def jetson() -> dict | None:
+    """Jetson model, L4T release and power state, or None when this machine is not a Jetson."""
     model = None
     for p in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
         try:
@@ -119,17 +115,17 @@ def _num(s: str):
 
 def collect(threads: int | None = None) -> dict:
     """CPU, packages, GPU, TensorRT and Jetson details for the report's `environment`."""
-    trt = _version("tensorrt")
+    packages = package_versions(PACKAGES)
     return {
         "hostname": platform.node(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": threads,
-        "packages": {p: _version(p) for p in PACKAGES},
+        "packages": packages,
         "gpu": _gpu(),
-        "tensorrt": trt,
-        "jetson": _jetson(),
+        "tensorrt": packages["tensorrt"],
+        "jetson": jetson(),
     }

@@ -19,17 +19,21 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ...console import package_versions
 from ...errors import VtpError
 from ...prune.latency_plan import Grid, LatencyTable
 from ...prune.sites import read_dims
+from ..export.onnx_export import export_onnx
+from .environment import cpu_model
+from . import loop
 
 MeasureFn = Callable[[str, tuple[int, ...], dict], float]
+WARMUP_S = 0.05  # time-based warm-up per table entry (the bench loop's; a table has ~50 entries)
 
 
 def default_cache_dir() -> Path:
@@ -48,21 +52,14 @@ def device_name(device: str = "cpu") -> str:
             return torch.cuda.get_device_name(0)
         except Exception:
             return "cuda"
-    from .environment import _cpu_model
-
-    return _cpu_model() or "unknown-cpu"
+    return cpu_model() or "unknown-cpu"
 
 
 def backend_version(backend: str) -> str:
-    from importlib import metadata
-
     pkg = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}.get(backend, backend)
-    for name in (pkg, "onnxruntime-gpu") if backend == "ort" else (pkg,):
-        try:
-            return f"{name}=={metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return f"{pkg}==?"
+    names = (pkg, "onnxruntime-gpu") if backend == "ort" else (pkg,)
+    found = [f"{name}=={v}" for name, v in package_versions(names).items() if v]
+    return found[0] if found else f"{pkg}==?"
 
 
 def model_dims(model) -> dict:
@@ -162,43 +159,36 @@ def _input(part: str, dims: dict, batch: int) -> np.ndarray:
 
 
 def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int | None = None,
-                   iters: int = 20, warmup: int = 3, model=None) -> MeasureFn:
-    """The default measure function: build the part, load it in a vtpdeploy runner, median ms."""
+                   iters: int = 20, warmup: int = 3, model=None, warmup_s: float = WARMUP_S) -> MeasureFn:
+    """The default measure function: build the part, load it in a vtpdeploy runner, median ms.
 
-    def measure(part: str, widths: tuple[int, ...], dims: dict) -> float:
-        import torch
+    Non-torch backends run the part exported by the one exporter (`export_onnx`, checker only: the
+    graph is only timed); timing is the bench loop's (`warmup_s` and at least `warmup` calls first).
+    """
 
-        from ..runners import make_runner
-
+    def measure_part(part: str, widths: tuple[int, ...], dims: dict) -> float:
         module = part_module(part, widths, dims, model)
         x = _input(part, dims, batch)
-        tmp = None
         if backend == "torch":
-            artifact = module
-        else:
-            tmp = tempfile.TemporaryDirectory(prefix="vtp-lat-")
-            artifact = Path(tmp.name) / "part.onnx"
-            import contextlib
-            import io
-            import warnings
+            return _median_ms(backend, module, x, device, threads, iters, warmup, warmup_s)
+        with tempfile.TemporaryDirectory(prefix="vtp-lat-") as tmp:
+            artifact = Path(tmp) / "part.onnx"
+            export_onnx(module, artifact, batch=batch, sample=x, validate=False)
+            return _median_ms(backend, artifact, x, device, threads, iters, warmup, warmup_s)
 
-            from ..export.onnx_export import legacy_exporter_kwargs
+    return measure_part
 
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (torch.from_numpy(x),), str(artifact), **legacy_exporter_kwargs(),
-                                  opset_version=17, input_names=["input"], output_names=["output"],
-                                  do_constant_folding=True)
-        try:
-            with make_runner(backend, artifact, device=device, threads=threads) as runner:
-                times = _timed_ms(runner, x, warmup, iters)
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
-        return float(np.median(times))
 
-    return measure
+def _median_ms(backend: str, artifact, x: np.ndarray, device: str, threads: int | None, iters: int,
+               warmup_iters: int, warmup_s: float) -> float:
+    """Median per-call latency of `artifact` on `x`, from the bench timing loop (one slot)."""
+    from ..runners import make_runner
+
+    with make_runner(backend, artifact, device=device, threads=threads) as runner:
+        slot = loop.Slot("latency-table", runner, x)
+        loop.warmup([slot], warmup_s, min_iters=warmup_iters)
+        loop.measure([slot], duration_s=None, iters=iters, block_iters=iters)
+    return float(np.median(slot.latencies_ms))
 
 
 def measure_table(
@@ -260,28 +250,12 @@ def measure_table(
 
 
 def measure_model_ms(model, backend: str = "torch", batch: int = 1, device: str = "cpu",
-                     threads: int | None = None, iters: int = 20, onnx_path: str | Path | None = None) -> float:
+                     threads: int | None = None, iters: int = 20, onnx_path: str | Path | None = None,
+                     warmup_s: float = WARMUP_S) -> float:
     """Median latency of a whole model (torch module, or `onnx_path` for ort/openvino)."""
-    from ..runners import make_runner
-
     dims = model_dims(model)
     x = _input("stem", dims, batch)
     artifact = model.eval() if backend == "torch" else onnx_path
     if artifact is None:
         raise VtpError(f"measure_model_ms: backend {backend!r} needs onnx_path")
-    with make_runner(backend, artifact, device=device, threads=threads) as runner:
-        return float(np.median(_timed_ms(runner, x, 3, iters)))
-
-
-def _timed_ms(runner, x: np.ndarray, warmup: int, iters: int) -> list[float]:
-    """Per-call latencies in ms after `warmup` calls (synchronised for GPU runners)."""
-    for _ in range(warmup):
-        runner.infer(x)
-    runner.synchronize()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        runner.infer(x)
-        runner.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return _median_ms(backend, artifact, x, device, threads, iters, 3, warmup_s)

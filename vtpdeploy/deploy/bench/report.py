@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...console import one_line
 from ...errors import VtpError
 from ...fileio import atomic_write_json, atomic_write_text
 
@@ -23,7 +24,7 @@ def load_report(path: str | Path, what: str = "report") -> dict:
     except FileNotFoundError:
         raise VtpError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VtpError(f"{path}: {what} is not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+        raise VtpError(f"{path}: {what} is not valid JSON ({one_line(exc, 120)})") from None
     check_report(data, f"{path}")
     return data
 

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...console import one_line
 from ...errors import VtpError
 
 
@@ -109,7 +110,7 @@ def load_rules(path: str | Path) -> list[Rule]:
     except FileNotFoundError:
         raise GateError(f"{path}: rules file not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise GateError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:120]})") from None
+        raise GateError(f"{path}: not valid YAML ({one_line(exc, 120)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("gates"), list) or not data["gates"]:
         raise GateError(f"{path}: needs a non-empty 'gates:' list")
     return [parse_rule(g) for g in data["gates"]]

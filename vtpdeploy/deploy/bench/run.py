@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...errors import VtpError
 from . import stats
 from .artifacts import Artifact, resolve, resolve_baseline
+from .engines import check_precision
+from .environment import collect, power_state
 from .loop import Slot, measure, warmup
 from .memory import PeakMemory, headline, split_device_memory
 
@@ -34,6 +39,27 @@ def parse_batches(text: str | Sequence[int]) -> list[int]:
     if not out:
         raise VtpError("--batch is empty")
     return list(dict.fromkeys(out))
+
+
+def check_timing(batches: str | Sequence[int], duration_s: float | None, iters: int | None, warmup_s: float,
+                 block_iters: int, threads: int | None) -> tuple[list[int], float | None]:
+    """(batches, duration_s) from the timing settings (3 s when neither duration nor iters is given)."""
+    batches = parse_batches(batches)
+    if duration_s is not None and iters is not None:
+        raise VtpError("give --duration-s or --iters, not both")
+    if iters is not None and iters < 1:
+        raise VtpError(f"--iters must be >= 1, got {iters}")
+    if duration_s is None and iters is None:
+        duration_s = 3.0
+    if duration_s is not None and duration_s <= 0:
+        raise VtpError(f"--duration-s must be > 0, got {duration_s}")
+    if warmup_s < 0:
+        raise VtpError(f"--warmup-s must be >= 0, got {warmup_s}")
+    if block_iters < 1:
+        raise VtpError(f"--block must be >= 1, got {block_iters}")
+    if threads is not None and threads < 1:
+        raise VtpError(f"--threads must be >= 1, got {threads}")
+    return batches, duration_s
 
 
 def resolve_backends(backend: str, device: str) -> list[str]:
@@ -78,9 +104,9 @@ def _check_device(device: str, backends: list[str]) -> None:
     if device not in DEVICE_CHOICES:
         raise VtpError(f"unknown --device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if device == "jetson":
-        from .environment import _jetson
+        from .environment import jetson
 
-        if _jetson() is None:
+        if jetson() is None:
             raise VtpError("--device jetson: this machine is not a Jetson (use --host USER@JETSON to run there)")
     if device in ("cuda", "jetson") and "torch" in backends:
         import torch
@@ -184,133 +210,151 @@ def run_bench(
     say = progress or (lambda msg: None)
     if not artifacts:
         raise VtpError("give at least one ARTIFACT")
-    batches = parse_batches(batches)
-    if duration_s is not None and iters is not None:
-        raise VtpError("give --duration-s or --iters, not both")
-    if iters is not None and iters < 1:
-        raise VtpError(f"--iters must be >= 1, got {iters}")
-    if duration_s is None and iters is None:
-        duration_s = 3.0
-    if duration_s is not None and duration_s <= 0:
-        raise VtpError(f"--duration-s must be > 0, got {duration_s}")
-    if warmup_s < 0:
-        raise VtpError(f"--warmup-s must be >= 0, got {warmup_s}")
-    if block_iters < 1:
-        raise VtpError(f"--block must be >= 1, got {block_iters}")
-    if threads is not None and threads < 1:
-        raise VtpError(f"--threads must be >= 1, got {threads}")
+    batches, duration_s = check_timing(batches, duration_s, iters, warmup_s, block_iters, threads)
     threads = threads or os.cpu_count() or 1
     backends = resolve_backends(backend, device)
     _check_device(device, backends)
+    base, arts = _resolve_artifacts(artifacts, baseline, cache_dir, precision, backends)
+    timing = {"warmup_s": warmup_s, "duration_s": duration_s, "iters": iters, "block_iters": block_iters}
+    results, comparisons, schedules = [], [], []
+    for be in backends:
+        for batch in batches:
+            say(f"{be} batch {batch}: loading {len(arts)} model(s)")
+            group = _measure_group(arts, be, device, batch, threads, seed, timing,
+                                   _tegrastats_sampler(tegrastats, device, warn=not schedules), say)
+            schedules.append(group.schedule)
+            results += [_result(art, slot, extra, group, is_baseline=base is not None and idx == 0)
+                        for idx, (art, slot, extra) in enumerate(zip(arts, group.slots, group.extras))]
+            if base is not None:
+                bcounts = base.counts()
+                comparisons += [compare(base, group.slots[0], bcounts, art, slot, be, batch, seed, n_boot)
+                                for art, slot in zip(arts[1:], group.slots[1:])]
+    settings = {"backends": backends, "device": device, "batches": batches,
+                "baseline": base.label if base is not None else None, "warmup_s": warmup_s, "duration_s": duration_s,
+                "iters": iters, "threads": threads, "block_iters": block_iters, "seed": seed, "n_boot": n_boot}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "vtpdeploy bench",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "results": results,
+        "comparison": comparisons,
+        "schedules": schedules,
+        "environment": collect(threads),
+    }
+
+
+def _resolve_artifacts(artifacts: Sequence[str | Path], baseline: str | None, cache_dir, precision: str,
+                       backends: list[str]) -> tuple[Artifact | None, list[Artifact]]:
+    """(baseline or None, every artifact with the baseline first), uniquely labelled, each at `precision`."""
     cache = Path(cache_dir) if cache_dir else None
     cands = [resolve(str(a), cache) for a in artifacts]
     _unique_labels(cands)
     base = resolve_baseline(baseline, cands, cache)
     arts = ([base] if base is not None else []) + cands
     _unique_labels(arts)
-    from .engines import check_precision
-
     if check_precision(precision) != "auto" and not {"trt", "torch"} & set(backends):
         raise VtpError("--precision sets the TensorRT engine or torch precision: use it with --backend trt or torch")
     if precision == "int8" and "torch" in backends:
         raise VtpError("--precision int8 is for TensorRT engines; --backend torch runs fp32 or fp16")
     for art in arts:
         art.precision = precision
+    return base, arts
 
-    from .environment import collect
 
-    results, comparisons, schedules = [], [], []
-    for be in backends:
-        for batch in batches:
-            say(f"{be} batch {batch}: loading {len(arts)} model(s)")
-            slots, extras = _build_slots(arts, be, device, batch, threads, seed)
-            try:
-                say(f"{be} batch {batch}: warm-up {warmup_s:g}s, then interleaved measurement")
-                sampler = None
-                if tegrastats or (tegrastats is None and device == "jetson"):
-                    from .tegrastats import TegrastatsSampler, warn
+@dataclass
+class _Group:
+    """One backend x batch, measured: slots (runners closed), per-slot extras, schedule, tegrastats."""
 
-                    sampler = TegrastatsSampler()
-                    if sampler.error and not schedules:  # one warning per run; the report records it per result
-                        warn(f"{sampler.error}: no GPU load, power or board RAM in this report")
-                if sampler is not None:
-                    sampler.__enter__()
-                try:
-                    warmup(slots, warmup_s)
-                    if sampler is not None:
-                        sampler.mark_start()
-                    schedule = measure(slots, duration_s=duration_s, iters=iters, block_iters=block_iters)
-                    if sampler is not None:
-                        sampler.mark_end()
-                finally:
-                    if sampler is not None:
-                        sampler.__exit__(None, None, None)
-                teg = sampler.summary() if sampler is not None else None
-            finally:
-                for s in slots:
-                    s.runner.close()
-            schedule.update(backend=be, batch=batch)
-            schedules.append(schedule)
-            for idx, (art, slot, extra) in enumerate(zip(arts, slots, extras)):
-                counts = art.counts()
-                mem = extra["memory"]
-                if sampler is not None:
-                    from .environment import power_state
-                    from .tegrastats import energy_per_inference, unified_memory
+    backend: str
+    batch: int
+    slots: list[Slot]
+    extras: list[dict]
+    schedule: dict
+    sampler: Any = None
+    teg: dict | None = None
 
-                    mem["tegrastats"] = {**sampler.status(), "summary": teg}
-                    mem["jetson"] = unified_memory(teg, sampler.rss(), art.file_mb(extra["file"]) if extra["file"] else None)
-                results.append({
-                    "model": art.label,
-                    "role": "baseline" if (base is not None and idx == 0) else "candidate",
-                    "artifact": art.spec,
-                    "kind": art.kind,
-                    "backend": be,
-                    "device": extra["device"],
-                    "batch": batch,
-                    "input_shape": extra["input_shape"],
-                    "iters": len(slot.latencies_ms),
-                    "blocks": len(slot.block_means_ms),
-                    "warmup_iters": slot.warmup_iters,
-                    "latency_ms": {k: round(v, 4) for k, v in stats.summarize(slot.latencies_ms).items()},
-                    "throughput_ips": round(stats.throughput(slot.latencies_ms, batch), 3),
-                    "peak_mem_mb": headline(mem, extra["device"]),
-                    "memory": mem,
-                    "macs": counts["macs"],
-                    "params": counts["params"],
-                    "counts_from": counts["counts_from"],
-                    "file_mb": art.file_mb(extra["file"]) if extra["file"] is not None else None,
-                    "block_means_ms": [round(v, 4) for v in slot.block_means_ms],
-                    "latencies_ms": _subsample(slot.latencies_ms),
-                })
-                if be == "torch":
-                    results[-1]["precision"] = extra["precision"]
-                if be == "trt":  # what the timed engine is: version, precision, TF32, flags, GPU and clocks
-                    results[-1]["tensorrt"] = art.trt_info.get(batch)
-                if sampler is not None:
-                    results[-1]["power"] = {"input": (teg or {}).get("input_power"), **power_state(),
-                                            "energy": energy_per_inference((teg or {}).get("input_power"),
-                                                                           results[-1]["latency_ms"]["mean"], batch)}
-            if base is not None:
-                bslot = slots[0]
-                bcounts = base.counts()
-                for art, slot in zip(arts[1:], slots[1:]):
-                    comparisons.append(compare(base, bslot, bcounts, art, slot, be, batch, seed, n_boot))
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "vtpdeploy bench",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {
-            "backends": backends, "device": device, "batches": batches,
-            "baseline": base.label if base is not None else None,
-            "warmup_s": warmup_s, "duration_s": duration_s, "iters": iters, "threads": threads,
-            "block_iters": block_iters, "seed": seed, "n_boot": n_boot,
-        },
-        "results": results,
-        "comparison": comparisons,
-        "schedules": schedules,
-        "environment": collect(threads),
+
+def _tegrastats_sampler(tegrastats: bool | None, device: str, warn: bool):
+    """A tegrastats sampler when asked (default: on Jetson), else None; `warn`: say once why it cannot run."""
+    if not (tegrastats or (tegrastats is None and device == "jetson")):
+        return None
+    from .tegrastats import TegrastatsSampler
+    from .tegrastats import warn as warn_user
+
+    sampler = TegrastatsSampler()
+    if sampler.error and warn:  # one warning per run; the report records it per result
+        warn_user(f"{sampler.error}: no GPU load, power or board RAM in this report")
+    return sampler
+
+
+def _measure_group(arts: list[Artifact], backend: str, device: str, batch: int, threads: int, seed: int,
+                   timing: dict, sampler, say: Callable[[str], None]) -> _Group:
+    """Load every artifact, warm up, run the interleaved loop (tegrastats sampling the timed window)."""
+    slots, extras = _build_slots(arts, backend, device, batch, threads, seed)
+    try:
+        say(f"{backend} batch {batch}: warm-up {timing['warmup_s']:g}s, then interleaved measurement")
+        with sampler if sampler is not None else contextlib.nullcontext():
+            warmup(slots, timing["warmup_s"])
+            if sampler is not None:
+                sampler.mark_start()
+            schedule = measure(slots, duration_s=timing["duration_s"], iters=timing["iters"],
+                               block_iters=timing["block_iters"])
+            if sampler is not None:
+                sampler.mark_end()
+        teg = sampler.summary() if sampler is not None else None
+    finally:
+        for s in slots:
+            s.runner.close()
+    schedule.update(backend=backend, batch=batch)
+    return _Group(backend, batch, slots, extras, schedule, sampler, teg)
+
+
+def _result(art: Artifact, slot: Slot, extra: dict, group: _Group, is_baseline: bool) -> dict:
+    """One model's row: latency summary, throughput, memory, counts and what ran it."""
+    be, batch, sampler, teg = group.backend, group.batch, group.sampler, group.teg
+    counts = art.counts()
+    mem = extra["memory"]
+    file_mb = art.file_mb(extra["file"]) if extra["file"] is not None else None
+    if sampler is not None:
+        from .tegrastats import unified_memory
+
+        mem["tegrastats"] = {**sampler.status(), "summary": teg}
+        mem["jetson"] = unified_memory(teg, sampler.rss(), art.file_mb(extra["file"]) if extra["file"] else None)
+    row = {
+        "model": art.label,
+        "role": "baseline" if is_baseline else "candidate",
+        "artifact": art.spec,
+        "kind": art.kind,
+        "backend": be,
+        "device": extra["device"],
+        "batch": batch,
+        "input_shape": extra["input_shape"],
+        "iters": len(slot.latencies_ms),
+        "blocks": len(slot.block_means_ms),
+        "warmup_iters": slot.warmup_iters,
+        "latency_ms": {k: round(v, 4) for k, v in stats.summarize(slot.latencies_ms).items()},
+        "throughput_ips": round(stats.throughput(slot.latencies_ms, batch), 3),
+        "peak_mem_mb": headline(mem, extra["device"]),
+        "memory": mem,
+        "macs": counts["macs"],
+        "params": counts["params"],
+        "counts_from": counts["counts_from"],
+        "file_mb": file_mb,
+        "block_means_ms": [round(v, 4) for v in slot.block_means_ms],
+        "latencies_ms": _subsample(slot.latencies_ms),
     }
+    if be == "torch":
+        row["precision"] = extra["precision"]
+    if be == "trt":  # what the timed engine is: version, precision, TF32, flags, GPU and clocks
+        row["tensorrt"] = art.trt_info.get(batch)
+    if sampler is not None:
+        from .tegrastats import energy_per_inference
+
+        input_power = (teg or {}).get("input_power")
+        row["power"] = {"input": input_power, **power_state(),
+                        "energy": energy_per_inference(input_power, row["latency_ms"]["mean"], batch)}
+    return row
 
 
 def _subsample(values: list[float], limit: int = 2000) -> list[float]:

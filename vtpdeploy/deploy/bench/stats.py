@@ -29,7 +29,7 @@ def throughput(latencies_ms, batch: int) -> float:
 def bootstrap_speedup(
     baseline, candidate, *, n_boot: int = 2000, seed: int = 0, paired: bool = True, conf: float = 0.95
 ) -> tuple[float, float, float]:
-    """(speedup, lo, hi): speedup = mean(baseline) / mean(candidate), percentile bootstrap CI.
+    """(speedup, lo, hi): speedup = mean(baseline) / mean(candidate), scipy's percentile bootstrap CI.
 
     `baseline` and `candidate` are latency samples (block means or per-iteration latencies).
     paired=True resamples *indices shared by both arrays* (rounds of the interleaved schedule:
@@ -42,16 +42,27 @@ def bootstrap_speedup(
     if b.size == 0 or c.size == 0:
         raise ValueError("bootstrap needs non-empty samples")
     point = float(b.mean() / c.mean())
-    rng = np.random.default_rng(seed)
     if paired:
         n = min(b.size, c.size)
         b, c = b[:n], c[:n]
-        idx = rng.integers(0, n, size=(n_boot, n))
-        ratios = b[idx].mean(axis=1) / c[idx].mean(axis=1)
-    else:
-        ib = rng.integers(0, b.size, size=(n_boot, b.size))
-        ic = rng.integers(0, c.size, size=(n_boot, c.size))
-        ratios = b[ib].mean(axis=1) / c[ic].mean(axis=1)
-    alpha = (1.0 - conf) / 2.0
-    lo, hi = np.quantile(ratios, [alpha, 1.0 - alpha])
+    lo, hi = _percentile_ci(b, c, paired, n_boot, conf, seed)
     return point, float(min(lo, point)), float(max(hi, point))
+
+
+def _percentile_ci(b: np.ndarray, c: np.ndarray, paired: bool, n_boot: int, conf: float, seed: int):
+    """scipy's percentile bootstrap of mean(b) / mean(c). scipy resamples only samples of two or more
+    observations; a one-observation sample resamples to itself, so it enters as a constant."""
+    from scipy.stats import bootstrap
+
+    if (paired and b.size < 2) or (b.size < 2 and c.size < 2):
+        ratio = float(b.mean() / c.mean())
+        return ratio, ratio
+    if b.size < 2:
+        data, statistic = (c,), lambda cc, axis=-1: b[0] / np.mean(cc, axis=axis)
+    elif c.size < 2:
+        data, statistic = (b,), lambda bb, axis=-1: np.mean(bb, axis=axis) / c[0]
+    else:
+        data, statistic = (b, c), lambda bb, cc, axis=-1: np.mean(bb, axis=axis) / np.mean(cc, axis=axis)
+    res = bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=n_boot, confidence_level=conf,
+                    method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

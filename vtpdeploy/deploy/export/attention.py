@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ...console import one_line
 from ...errors import VtpError
 from ...fileio import atomic_path
 from ...prune.numerics import assert_close
@@ -44,21 +45,24 @@ class AttentionSite:
     """One block's attention, as matched and measured in the graph."""
 
     softmax: str
-    x: str  # input of the qkv projection, [B, N, C_in]
-    qkv: str  # output of the qkv projection, [B, N, F]
-    weight: str  # qkv MatMul weight initializer, [C_in, F]
-    bias: str | None  # constant added after the MatMul, [F]
+    x: str  # input of the qkv projection, [B, N, C_in] (or [B*N, C_in]: then x3 is the [B, N, C_in] it flattens)
+    qkv: str  # output of the qkv projection, [B, N, F] or [B*N, F]
+    weight: np.ndarray  # [C_in, F]
+    bias: np.ndarray | None  # [F]
     q: str  # Q before scaling, [B, H, N, d]
     k: str  # K^T before scaling, [B, H, d, N]
     v: str  # V, [B, H, N, dv]
     scores_out: str  # softmax(QK^T) V, [B, H, N, dv]
-    out: str  # what proj reads, [B, N, C_out]
-    scale: float
+    out: str  # what proj reads, [B, N, C_out] or [B*N, C_out]
+    scale_factors: list[tuple[str, bool]]  # (static tensor, divides) multiplied into the scores
+    scale: float = 1.0
     num_heads: int = 0
     q_cols: np.ndarray | None = None  # [H, d] qkv column of each Q entry
     k_cols: np.ndarray | None = None  # [H, d]
     v_cols: np.ndarray | None = None  # [H, dv], -1 = padding (zero)
     out_map: np.ndarray | None = None  # [C_out] index into the merged [H * dv] attention output
+    x3: str = ""
+    out_flat: bool = False
 
 
 @dataclass
@@ -108,24 +112,30 @@ class _Graph:
         return users[0] if len(users) == 1 and name not in self.outputs else None
 
 
-def _strip_scale(g: _Graph, name: str) -> tuple[str, float]:
-    """Walk back through Mul/Div by a constant scalar; return (the unscaled tensor, the factor)."""
-    factor = 1.0
+def _is_static(g: _Graph, name: str, depth: int = 32) -> bool:
+    """True when `name` depends on no input data, only on constants and tensor shapes."""
+    if name in g.inits:
+        return True
+    node = g.producer.get(name)
+    if node is None or depth == 0:
+        return False  # a graph input
+    if node.op_type in ("Constant", "Shape"):
+        return True
+    return all(_is_static(g, i, depth - 1) for i in node.input if i)
+
+
+def _strip_scale(g: _Graph, name: str, factors: list[tuple[str, bool]]) -> str:
+    """Walk back through Mul/Div by a static tensor (the exporter's scale: a constant, or computed from a
+    shape); append (tensor, divides) to `factors` and return the unscaled tensor."""
     while True:
         node = g.producer.get(name)
-        if node is None or node.op_type not in _SCALE_OPS:
-            return name, factor
-        consts = [(i, g.const(t)) for i, t in enumerate(node.input)]
-        scalar = [(i, c) for i, c in consts if c is not None and c.size == 1]
-        if len(scalar) != 1 or len(node.input) != 2:
-            return name, factor
-        i, c = scalar[0]
-        value = float(c.reshape(()))
-        if node.op_type == "Div":
-            if i != 1 or value == 0.0:
-                return name, factor
-            value = 1.0 / value
-        factor *= value
+        if node is None or node.op_type not in _SCALE_OPS or len(node.input) != 2:
+            return name
+        static = [_is_static(g, t) for t in node.input]
+        if static.count(True) != 1 or (node.op_type == "Div" and static[0]):
+            return name
+        i = static.index(True)
+        factors.append((node.input[i], node.op_type == "Div"))
         name = node.input[1 - i]
 
 
@@ -143,29 +153,43 @@ def _layout_source(g: _Graph, name: str) -> str | None:
     return None
 
 
-def _projection(g: _Graph, name: str) -> tuple[str, str, str | None] | None:
-    """(input, weight, bias) when `name` = input @ W (+ b) with constant W [C_in, F] and b [F]."""
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _projection(g: _Graph, name: str) -> tuple[str, np.ndarray, np.ndarray | None] | None:
+    """(input, W [C_in, F], b [F] or None) when `name` = input @ W (+ b) with constant W and b: a MatMul
+    (+ Add), or a Gemm (what onnxsim makes of them, on a [B*N, C_in] input)."""
     node = g.producer.get(name)
+    if node is not None and node.op_type == "Gemm":
+        a = _attrs(node)
+        w, c = g.const(node.input[1]), g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if a.get("transA", 0) or w is None or w.ndim != 2 or (len(node.input) > 2 and node.input[2] and c is None):
+            return None
+        w = (w.T if a.get("transB", 0) else w) * np.float32(a.get("alpha", 1.0))
+        if c is not None:
+            if c.size not in (1, w.shape[1]):
+                return None
+            c = np.broadcast_to(c.reshape(-1), (w.shape[1],)) * np.float32(a.get("beta", 1.0))
+        return node.input[0], np.ascontiguousarray(w, dtype=np.float32), c
     bias = None
     if node is not None and node.op_type == "Add":
         consts = [g.const(t) for t in node.input]
         if len(node.input) != 2 or sum(c is not None for c in consts) != 1:
             return None
         j = 0 if consts[0] is not None else 1
-        bias, name = node.input[j], node.input[1 - j]
-        if consts[j].ndim != 1:
-            return None
+        bias, name = consts[j].reshape(-1), node.input[1 - j]
         node = g.producer.get(name)
         if node is None or len(g.consumers.get(name, [])) != 1:
             return None
     if node is None or node.op_type != "MatMul":
         return None
     w = g.const(node.input[1])
-    if w is None or w.ndim != 2 or node.input[1] not in g.inits:
+    if w is None or w.ndim != 2 or (bias is not None and bias.shape[0] != w.shape[1]):
         return None
-    if bias is not None and g.const(bias).shape[0] != w.shape[1]:
-        return None
-    return node.input[0], node.input[1], bias
+    return node.input[0], w, bias
 
 
 def _forward_layout(g: _Graph, name: str) -> str:
@@ -185,15 +209,16 @@ def find_sites(model) -> tuple[list[AttentionSite], list[str]]:
         if node.op_type != "Softmax":
             continue
         label = node.name or node.output[0]
-        scores, s0 = _strip_scale(g, node.input[0])
+        factors: list[tuple[str, bool]] = []
+        scores = _strip_scale(g, node.input[0], factors)
         mm1 = g.producer.get(scores)
         mm2 = g.only_consumer(node.output[0])
         if mm1 is None or mm1.op_type != "MatMul" or mm2 is None or mm2.op_type != "MatMul" \
                 or mm2.input[0] != node.output[0]:
             skipped.append(f"{label}: not MatMul -> Softmax -> MatMul")
             continue
-        q, s1 = _strip_scale(g, mm1.input[0])
-        k, s2 = _strip_scale(g, mm1.input[1])
+        q = _strip_scale(g, mm1.input[0], factors)
+        k = _strip_scale(g, mm1.input[1], factors)
         v = mm2.input[1]
         roots = {_layout_source(g, t) for t in (q, k, v)}
         if len(roots) != 1 or None in roots:
@@ -209,7 +234,7 @@ def find_sites(model) -> tuple[list[AttentionSite], list[str]]:
             skipped.append(f"{label}: attention output is a graph output")
             continue
         sites.append(AttentionSite(softmax=label, x=proj[0], qkv=qkv, weight=proj[1], bias=proj[2], q=q, k=k, v=v,
-                                   scores_out=mm2.output[0], out=out, scale=s0 * s1 * s2))
+                                   scores_out=mm2.output[0], out=out, scale_factors=factors))
     return sites, skipped
 
 
@@ -260,19 +285,47 @@ def _measure_layouts(model, sites: list[AttentionSite], skipped: list[str]) -> l
     if not sites:
         return sites
     feeds = _model_inputs(model)
-    shape_names = [t for s in sites for t in (s.qkv, s.scores_out)]
-    shapes_model = _probe_model(model, [], shape_names)
-    shapes = dict(zip(shape_names, (o.shape for o in _session(shapes_model).run(shape_names, feeds))))
-
-    cuts = shape_names
+    g = _Graph(model)
+    for s in sites:  # a flattened [B*N, C_in] projection input: the [B, N, C_in] tensor it was reshaped from
+        flat = g.producer.get(s.x)
+        s.x3 = flat.input[0] if flat is not None and flat.op_type == "Reshape" else s.x
+    shape_names = list(dict.fromkeys(t for s in sites for t in (s.qkv, s.scores_out, s.x, s.x3)))
+    factor_names = sorted({t for s in sites for t, _ in s.scale_factors})
+    wanted = shape_names + factor_names
+    values = dict(zip(wanted, _session(_probe_model(model, [], wanted)).run(wanted, feeds)))
+    shapes = {t: values[t].shape for t in shape_names}
+    kept = []
+    for s in sites:
+        if len(shapes[s.scores_out]) != 4:
+            skipped.append(f"{s.softmax}: the heads are not [B, H, N, d] but {shapes[s.scores_out]}")
+            continue
+        B, _, N, _ = shapes[s.scores_out]
+        c_in, f = s.weight.shape
+        if shapes[s.x3] != (B, N, c_in) or shapes[s.qkv] not in ((B, N, f), (B * N, f)) \
+                or shapes[s.x] not in ((B, N, c_in), (B * N, c_in)):
+            skipped.append(f"{s.softmax}: qkv input {shapes[s.x3]} / output {shapes[s.qkv]} is not "
+                           f"[B, N, C] / [B(*)N, F] with B, N = {B}, {N}")
+            continue
+        if any(values[t].size != 1 for t, _ in s.scale_factors):
+            skipped.append(f"{s.softmax}: the scores are scaled by a tensor, not a scalar")
+            continue
+        for t, divides in s.scale_factors:
+            v = float(values[t].reshape(()))
+            s.scale = s.scale / v if divides else s.scale * v
+        kept.append(s)
+    sites = kept
+    if not sites:
+        return sites
+    cuts = [t for s in sites for t in (s.qkv, s.scores_out)]
     wanted = [t for s in sites for t in (s.q, s.k, s.v, s.out)]
     sess = _session(_probe_model(model, cuts, wanted))
     coded = {}
     for what in ("col", "tok"):
         f = dict(feeds)
         for s in sites:
-            B, N, F = shapes[s.qkv]
-            f[s.qkv] = _code(what, (B, N, F), token_axes=(0, 1), col_axes=(2,))
+            qkv_shape = shapes[s.qkv]
+            f[s.qkv] = _code(what, qkv_shape, token_axes=tuple(range(len(qkv_shape) - 1)),
+                             col_axes=(len(qkv_shape) - 1,))
             Bo, H, No, dv = shapes[s.scores_out]
             f[s.scores_out] = _code(what, (Bo, H, No, dv), token_axes=(0, 2), col_axes=(1, 3))
         coded[what] = dict(zip(wanted, sess.run(wanted, f)))
@@ -286,7 +339,7 @@ def _measure_layouts(model, sites: list[AttentionSite], skipped: list[str]) -> l
     return good
 
 
-def _code(what: str, shape: tuple[int, ...], token_axes: tuple[int, int], col_axes: tuple[int, ...]) -> np.ndarray:
+def _code(what: str, shape: tuple[int, ...], token_axes: tuple[int, ...], col_axes: tuple[int, ...]) -> np.ndarray:
     """1 + the flat column index (what='col') or 1 + the flat token index b*N + n (what='tok')."""
     axes = token_axes if what == "tok" else col_axes
     sizes = [shape[a] for a in axes]
@@ -300,14 +353,13 @@ def _code(what: str, shape: tuple[int, ...], token_axes: tuple[int, int], col_ax
 
 
 def _read_maps(s: AttentionSite, shapes: dict, col: dict, tok: dict) -> str | None:
-    B, N, F = shapes[s.qkv]
-    _, H, _, dv = shapes[s.scores_out]
+    B, H, N, dv = shapes[s.scores_out]
+    F = shapes[s.qkv][-1]
     expect_tok = (np.arange(B * N, dtype=np.float32) + 1.0).reshape(B, N)
     q, k, v = col[s.q], col[s.k], col[s.v]
     if q.shape[:3] != (B, H, N) or k.shape[:2] != (B, H) or k.shape[3] != N or v.shape != (B, H, N, dv) \
             or k.shape[2] != q.shape[3]:
         return f"unexpected Q/K/V shapes {q.shape}, {k.shape}, {v.shape}"
-    d = q.shape[3]
     tq, tk, tv = tok[s.q], tok[s.k], tok[s.v]
     if not (np.array_equal(tq, np.broadcast_to(expect_tok[:, None, :, None], q.shape))
             and np.array_equal(tk, np.broadcast_to(expect_tok[:, None, None, :], k.shape))):
@@ -325,8 +377,10 @@ def _read_maps(s: AttentionSite, shapes: dict, col: dict, tok: dict) -> str | No
     if used.max() >= F or len(np.unique(used)) != used.size:
         return "Q/K/V columns overlap"
     o, to = col[s.out], tok[s.out]
-    if o.ndim != 3 or o.shape[:2] != (B, N):
+    if o.shape[:-1] not in ((B, N), (B * N,)):
         return f"unexpected attention output shape {o.shape}"
+    s.out_flat = o.ndim == 2
+    o, to = o.reshape(B, N, -1), to.reshape(B, N, -1)
     out_map = o[0, 0, :] - 1
     if not (np.array_equal(o, np.broadcast_to(out_map[None, None, :] + 1, o.shape))
             and np.array_equal(to, np.broadcast_to(expect_tok[:, :, None], o.shape))):
@@ -339,15 +393,31 @@ def _read_maps(s: AttentionSite, shapes: dict, col: dict, tok: dict) -> str | No
     return None
 
 
+def _proj_weight(g: _Graph, node) -> np.ndarray | None:
+    """W [C_out, D] when `node` computes its input 0 @ W (+ bias): a MatMul or a Gemm with constant weights."""
+    if node.op_type == "MatMul":
+        w = g.const(node.input[1])
+        return w if w is not None and w.ndim == 2 and node.input[1] != node.input[0] else None
+    if node.op_type == "Gemm":
+        a = _attrs(node)
+        w = g.const(node.input[1])
+        if a.get("transA", 0) or w is None or w.ndim != 2:
+            return None
+        return w.T if a.get("transB", 0) else w
+    return None
+
+
 def _proj_users(g: _Graph, s: AttentionSite) -> list | None:
-    """The proj MatMuls reading `s.out` (None if a non-MatMul reads it and the columns move)."""
+    """What reads `s.out`; None when the columns move and a reader is not a constant-weight MatMul/Gemm."""
     users = g.consumers.get(s.out, [])
-    identity = s.out_map.size == s.v_cols.size and np.array_equal(s.out_map, np.arange(s.out_map.size))
-    if identity:
+    if _identity(s):
         return users
-    ok = all(u.op_type == "MatMul" and u.input[0] == s.out and u.input[1] != s.out
-             and g.const(u.input[1]) is not None and g.const(u.input[1]).ndim == 2 for u in users)
+    ok = all(u.input[0] == s.out and _proj_weight(g, u) is not None for u in users)
     return users if ok and users else None
+
+
+def _identity(s: AttentionSite) -> bool:
+    return s.out_map.size == s.v_cols.size and np.array_equal(s.out_map, np.arange(s.out_map.size))
 
 
 def fuse_attention(model) -> tuple[Any, FuseReport]:
@@ -377,39 +447,49 @@ def fuse_attention(model) -> tuple[Any, FuseReport]:
     for s in sites:
         users = _proj_users(g, s)
         if users is None:
-            report.skipped.append(f"{s.softmax}: merged heads are re-indexed but not read by a constant MatMul")
+            report.skipped.append(f"{s.softmax}: merged heads are re-indexed but not read by a constant MatMul/Gemm")
             continue
-        w = g.const(s.weight)
-        b = g.const(s.bias) if s.bias is not None else np.zeros(w.shape[1], w.dtype)
+        w = s.weight
+        b = s.bias if s.bias is not None else np.zeros(w.shape[1], w.dtype)
         H, dv = s.v_cols.shape
         pad = s.v_cols < 0
         v_idx = np.where(pad, 0, s.v_cols).ravel()
         w_v = np.where(pad.ravel()[None, :], 0.0, w[:, v_idx]).astype(w.dtype)
-        b_v = np.where(pad.ravel(), 0.0, b[v_idx]).astype(b.dtype)
+        b_v = np.where(pad.ravel(), 0.0, b[v_idx]).astype(w.dtype)
         w_new = np.concatenate([w[:, s.q_cols.ravel()], w[:, s.k_cols.ravel()], w_v], axis=1)
-        b_new = np.concatenate([b[s.q_cols.ravel()], b[s.k_cols.ravel()], b_v])
+        b_new = np.concatenate([b[s.q_cols.ravel()], b[s.k_cols.ravel()], b_v]).astype(w.dtype)
         stem = s.softmax.rsplit("/", 1)[0] if "/" in s.softmax else s.softmax
         w_name, b_name = fresh(f"{stem}/fused_qkv.weight"), fresh(f"{stem}/fused_qkv.bias")
         out_name = fresh(f"{stem}/Attention_output_0")
         model.graph.initializer.extend([numpy_helper.from_array(w_new, w_name), numpy_helper.from_array(b_new, b_name)])
         qk = int(s.q_cols.size)
-        fused = helper.make_node(
-            FUSED_OP, [s.x, w_name, b_name], [out_name], name=fresh(f"{stem}/{FUSED_OP}"), domain=CONTRIB_DOMAIN,
-            num_heads=int(H), qkv_hidden_sizes=[qk, qk, int(H * dv)], scale=float(s.scale))
-        new_nodes.setdefault(g.producer[s.qkv].name, []).append(fused)
-        identity = s.out_map.size == H * dv and np.array_equal(s.out_map, np.arange(H * dv))
+        added = [helper.make_node(
+            FUSED_OP, [s.x3, w_name, b_name], [out_name], name=fresh(f"{stem}/{FUSED_OP}"), domain=CONTRIB_DOMAIN,
+            num_heads=int(H), qkv_hidden_sizes=[qk, qk, int(H * dv)], scale=float(s.scale))]
+        if s.out_flat:  # proj reads [B*N, C]: flatten the fused [B, N, H*dv] output the same way
+            shape_name = fresh(f"{stem}/fused_flat_shape")
+            model.graph.initializer.append(numpy_helper.from_array(np.array([-1, H * dv], np.int64), shape_name))
+            flat_name = fresh(f"{stem}/Attention_flat_output_0")
+            added.append(helper.make_node("Reshape", [out_name, shape_name], [flat_name], name=fresh(f"{stem}/fused_flat")))
+            out_name = flat_name
+        new_nodes.setdefault(g.producer[s.qkv].name, []).extend(added)
         for u in users:
-            if identity:
+            if _identity(s):
                 for i, t in enumerate(u.input):
                     if t == s.out:
                         u.input[i] = out_name
-            else:  # fold the dropped padding and any column order into proj's rows
-                wp = g.const(u.input[1])
-                rows = np.zeros((H * dv, wp.shape[1]), dtype=wp.dtype)
-                rows[s.out_map] = wp
-                p_name = fresh(f"{stem}/fused_proj.weight")
-                model.graph.initializer.append(numpy_helper.from_array(rows, p_name))
-                u.input[0], u.input[1] = out_name, p_name
+                continue
+            # fold the dropped padding and any column order into proj's rows
+            wp = _proj_weight(g, u)
+            rows = np.zeros((H * dv, wp.shape[1]), dtype=wp.dtype)
+            rows[s.out_map] = wp
+            p_name = fresh(f"{stem}/fused_proj.weight")
+            model.graph.initializer.append(numpy_helper.from_array(rows, p_name))
+            u.input[0], u.input[1] = out_name, p_name
+            if u.op_type == "Gemm":
+                for a in u.attribute:
+                    if a.name == "transB":
+                        a.i = 0
         report.rewritten += 1
         report.v_widths.append([int(n) for n in (~pad).sum(axis=1)])
     if report.rewritten:
@@ -461,7 +541,7 @@ def _ort_outputs(model_bytes: bytes, x: np.ndarray, batch: int | None, threads: 
     try:
         sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise VtpError(f"ONNX Runtime cannot load the attention-rewritten model ({' '.join(str(exc).split())[:200]})") \
+        raise VtpError(f"ONNX Runtime cannot load the attention-rewritten model ({one_line(exc, 200)})") \
             from None
     name = sess.get_inputs()[0].name
     step = batch or len(x)
@@ -480,7 +560,6 @@ def validate_fused(original, fused, *, atol: float = 1e-4, n: int = 4, seed: int
 
     Raises NumericalMismatchError past `atol`.
     """
-    inp = original.graph.input[0]
     inits = {t.name for t in original.graph.initializer}
     inp = next(i for i in original.graph.input if i.name not in inits)
     dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inp.type.tensor_type.shape.dim]
@@ -505,7 +584,7 @@ def rewrite_attention_file(src: str | Path, dst: str | Path, *, atol: float = 1e
     try:
         original = onnx.load(str(src))
     except Exception as exc:
-        raise VtpError(f"{src}: not a readable ONNX model ({' '.join(str(exc).split())[:160]})") from None
+        raise VtpError(f"{src}: not a readable ONNX model ({one_line(exc, 160)})") from None
     fused, report = fuse_attention(original)
     if report.rewritten == 0:
         raise VtpError(f"{src}: no attention block could be fused"

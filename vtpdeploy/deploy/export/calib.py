@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...console import one_line
 from ...errors import DataError, VtpError
 from ...fileio import atomic_path, atomic_write_json, sha256_file
 
@@ -105,7 +106,7 @@ def load_calibration(calib_dir: str | Path, input_size: tuple[int, int, int] | N
     try:
         x = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise DataError(f"{path}: unreadable .npy ({' '.join(str(exc).split())[:120]})") from None
+        raise DataError(f"{path}: unreadable .npy ({one_line(exc, 120)})") from None
     if x.ndim != 4 or x.shape[0] == 0:
         raise DataError(f"{path}: expected a non-empty [N,C,H,W] array, got shape {list(x.shape)}")
     if input_size is not None and tuple(x.shape[1:]) != tuple(input_size):

@@ -8,11 +8,9 @@ fp32 model, and the graph is explicitly typed, which is what TensorRT >= 10's st
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
+from ...console import one_line, quiet
 from ...errors import VtpError
 from ...fileio import atomic_path
 
@@ -24,16 +22,14 @@ def convert_fp16(src: str | Path, dst: str | Path, *, keep_io_types: bool = True
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
+        with quiet():
             kwargs = {"keep_io_types": keep_io_types, "disable_shape_infer": False}
             if op_block_list is not None:
                 kwargs["op_block_list"] = op_block_list
             half = convert_float_to_float16(model, **kwargs)
     except Exception as exc:
-        raise VtpError(f"FP16 conversion of {src} failed: {' '.join(str(exc).split())[:200]}") from None
+        raise VtpError(f"FP16 conversion of {src} failed: {one_line(exc, 200)}") from None
     toposort(half.graph)  # the converter appends its input Casts at the end of the node list
     dst = Path(dst)
     with atomic_path(dst) as tmp:

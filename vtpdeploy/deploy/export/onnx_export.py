@@ -7,9 +7,7 @@ sits at the final path.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import io
 import os
 import re
 import tempfile
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...console import one_line, quiet
 from ...errors import VtpError
 from ...fileio import atomic_path
 from ...prune.numerics import assert_close, max_abs_diff, top1_agreement
@@ -42,6 +41,7 @@ class ExportResult:
     simplified: bool
     validations: list[dict[str, Any]] = field(default_factory=list)
     simplify_note: str | None = None
+    simplifier: str | None = None  # the tool that produced the kept graph (None: not simplified)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,7 +96,7 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise VtpError(f"{path}: ONNX checker failed ({' '.join(str(exc).split())[:200]})") from None
+        raise VtpError(f"{path}: ONNX checker failed ({one_line(exc, 200)})") from None
 
 
 def compare(ref: np.ndarray, out: np.ndarray, *, stage: str, backend: str, atol: float | None,
@@ -156,10 +156,8 @@ def _torch_version() -> tuple[int, int]:
 
 def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
+        with quiet():
             torch.onnx.export(
                 model,
                 (dummy,),
@@ -173,10 +171,19 @@ def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, 
                 export_params=True,
             )
     except Exception as exc:
-        raise VtpError(f"ONNX export failed at opset {opset}: {' '.join(str(exc).split())[:200]}") from None
+        raise VtpError(f"ONNX export failed at opset {opset}: {one_line(exc, 200)}") from None
 
 
-SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
+SIMPLIFIERS = ("auto", "onnxslim", "onnxsim", "none")
+
+
+def resolve_simplifier(simplifier: str) -> str:
+    """`auto`: onnxsim when installed (as valid, and faster to run, in docs/report.md's measurements), else onnxslim."""
+    if simplifier != "auto":
+        return simplifier
+    import importlib.util
+
+    return "onnxsim" if importlib.util.find_spec("onnxsim") is not None else "onnxslim"
 
 
 def _slim(src: Path, dst: Path, simplifier: str = "onnxslim") -> str | None:
@@ -187,10 +194,8 @@ def _slim(src: Path, dst: Path, simplifier: str = "onnxslim") -> str | None:
         tool = __import__(simplifier)
     except ImportError:
         return f"{simplifier} not installed" + (" (pip install 'vtpdeploy[onnxsim]')" if simplifier == "onnxsim" else "")
-    sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
+        with quiet():
             if simplifier == "onnxsim":
                 slim, ok = tool.simplify(onnx.load(str(src)))
                 if not ok:
@@ -199,7 +204,7 @@ def _slim(src: Path, dst: Path, simplifier: str = "onnxslim") -> str | None:
                 slim = tool.slim(onnx.load(str(src)))
             onnx.save(slim, str(dst))
     except Exception as exc:
-        return f"{simplifier} failed: {' '.join(str(exc).split())[:160]}"
+        return f"{simplifier} failed: {one_line(exc, 160)}"
     return None
 
 
@@ -211,21 +216,24 @@ def export_onnx(
     batch: int = 1,
     dynamic_batch: bool = False,
     simplify: bool = True,
-    simplifier: str = "onnxslim",
+    simplifier: str = "auto",
     sample: np.ndarray | torch.Tensor | None = None,
     atol: float = 1e-4,
     openvino: bool | None = None,
     threads: int | None = 1,
     reference: np.ndarray | None = None,
+    validate: bool = True,
 ) -> ExportResult:
     """Export `model` to ONNX at `path` and validate it; raises NumericalMismatchError past `atol`.
 
     - fixed batch `batch` by default; `dynamic_batch=True` makes dim 0 the symbolic `batch`.
     - `sample`: NCHW float32 validation inputs (any count; run in chunks of `batch` when fixed);
       None: 8 seeded standard-normal inputs of the model's input size.
-    - validated with ORT CPU after export and after `simplifier` (onnxslim | onnxsim | none; skipped when
-      `simplify=False`; its graph is kept only if it validates), then with
+    - validated with ORT CPU after export and after `simplifier` (auto | onnxslim | onnxsim | none; skipped
+      when `simplify=False`; its graph is kept only if it validates), then with
       OpenVINO CPU at f32 precision when installed (`openvino=None`: when installed).
+    - `validate=False`: onnx.checker only, no simplifier and no numerical comparison, for a graph that is
+      only timed (latency-table parts); `sample` is then just the trace input, of any shape.
     """
     if opset > 17:
         warnings.warn(f"opset {opset} > 17: TensorRT 8.5/8.6 cannot parse it", stacklevel=2)
@@ -233,15 +241,17 @@ def export_onnx(
         raise VtpError(f"--batch must be >= 1, got {batch}")
     if simplifier not in SIMPLIFIERS:
         raise VtpError(f"--simplifier {simplifier!r}: choose {', '.join(SIMPLIFIERS)}")
-    simplify = simplify and simplifier != "none"
+    simplifier = resolve_simplifier(simplifier)
+    simplify = validate and simplify and simplifier != "none"
+    openvino = validate and openvino
     path = Path(path)
     model = model.eval()
     if sample is None:
         sample = random_inputs(model_input_size(model), max(8, batch))
     x = sample.detach().float().cpu().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample, np.float32)
-    if x.ndim != 4:
+    if validate and x.ndim != 4:
         raise VtpError(f"sample inputs must be NCHW, got shape {x.shape}")
-    ref = torch_logits(model, x) if reference is None else reference
+    ref = torch_logits(model, x) if validate and reference is None else reference
     export_batch = None if dynamic_batch else batch
     dummy = torch.from_numpy(run_dummy(x, batch))
     if openvino is None:
@@ -251,7 +261,11 @@ def export_onnx(
     simplified, note = False, None
     with atomic_path(path) as tmp:
         _torch_export(model, tmp, dummy, opset, dynamic_batch)
-        validations.append(validate_onnx(tmp, ref, x, stage="fp32", atol=atol, batch=export_batch, threads=threads))
+        if validate:
+            validations.append(validate_onnx(tmp, ref, x, stage="fp32", atol=atol, batch=export_batch,
+                                             threads=threads))
+        else:
+            check_onnx(tmp)
         if simplify:
             fd, slim_name = tempfile.mkstemp(prefix=f".{path.name}.slim.", suffix=".tmp", dir=path.parent)
             os.close(fd)
@@ -275,7 +289,8 @@ def export_onnx(
                                              batch=export_batch, threads=threads))
     shape: list[int | str] = ["batch" if dynamic_batch else batch, *[int(v) for v in x.shape[1:]]]
     return ExportResult(path=path, opset=opset, input_shape=shape, dynamic_batch=dynamic_batch,
-                        simplified=simplified, validations=validations, simplify_note=note)
+                        simplified=simplified, validations=validations, simplify_note=note,
+                        simplifier=simplifier if simplified else None)
 
 
 def run_dummy(x: np.ndarray, batch: int) -> np.ndarray:

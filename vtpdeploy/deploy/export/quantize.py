@@ -12,22 +12,22 @@ accepts only int8 Q/DQ with zero point 0, so a u8 model is not a TensorRT artifa
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...console import one_line, quiet
 from ...errors import VtpError
 from ...fileio import atomic_path
 
 DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Conv")
 DEFAULT_METHOD = "Percentile"
 ACTIVATION_TYPES = ("s8", "u8")
+CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
 
 
 class _ArrayReader:
@@ -73,32 +73,58 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, *, method
     lifts top-1 agreement from ~98.7 % to >= 99.5 %, and TensorRT runs those in fp16 anyway.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    methods = {"MinMax": CalibrationMethod.MinMax, "Percentile": CalibrationMethod.Percentile,
-               "Entropy": CalibrationMethod.Entropy}
-    if method not in methods:
-        raise VtpError(f"unknown calibration method {method!r}; choose one of {', '.join(methods)}")
-    if activation_type not in ACTIVATION_TYPES:
-        raise VtpError(f"unknown INT8 activation type {activation_type!r}; choose s8 (TensorRT) or u8 (CPU)")
-    u8 = activation_type == "u8"
-    if len(calib) == 0:
-        raise VtpError("INT8 calibration needs at least one image")
+    _check_arguments(method, activation_type, calib)
     src, dst = Path(src), Path(dst)
     fp32 = onnx.load(str(src))
-    input_name = fp32.graph.input[0].name
-    batch = _fixed_batch(fp32)
+    reader = _ArrayReader(calib, fp32.graph.input[0].name, _fixed_batch(fp32))
+    settings = _settings(method, activation_type, per_channel, op_types, percentile, len(calib), preprocess,
+                         weighted_only)
+    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    level = logging.getLogger().level
+    try:
+        with quiet():
+            logging.getLogger().setLevel(logging.ERROR)
+            model_in = _shape_inferred(src, work / "pre.onnx") if preprocess else src
+            nodes = None
+            if weighted_only:
+                nodes = _weighted_nodes(model_in, op_types)
+                settings["nodes_quantized"] = len(nodes) if nodes is not None else "all of op_types"
+            _quantize_static(model_in, work / "q.onnx", reader, nodes, settings)
+        with atomic_path(dst) as tmp:
+            os.replace(work / "q.onnx", tmp)
+    except VtpError:
+        raise
+    except Exception as exc:
+        raise VtpError(f"INT8 quantization of {src} failed: {one_line(exc, 200)}") from None
+    finally:
+        logging.getLogger().setLevel(level)
+        for f in work.glob("*"):
+            f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            work.rmdir()
+    return settings
+
+
+def _check_arguments(method: str, activation_type: str, calib: np.ndarray) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise VtpError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    if activation_type not in ACTIVATION_TYPES:
+        raise VtpError(f"unknown INT8 activation type {activation_type!r}; choose s8 (TensorRT) or u8 (CPU)")
+    if len(calib) == 0:
+        raise VtpError("INT8 calibration needs at least one image")
+
+
+def _settings(method: str, activation_type: str, per_channel: bool, op_types, percentile: float, n_calib: int,
+              preprocess: bool, weighted_only: bool) -> dict[str, Any]:
+    """What quantize_static is given, as recorded in export.json (`extra_options` are passed as they are)."""
+    u8 = activation_type == "u8"
     # QuantizeBias=False: biases stay float (TensorRT fuses them; it has no int32 DequantizeLinear).
     # u8: asymmetric activations (zero point chosen from the calibrated range), the fast U8S8 CPU path.
     extra = {"ActivationSymmetric": not u8, "WeightSymmetric": True, "QuantizeBias": False}
     if method == "Percentile":
         extra["CalibPercentile"] = percentile
-    settings = {
+    return {
         "format": "QDQ",
         "activation_type": "QUInt8" if u8 else "QInt8",
         "activations": activation_type,
@@ -107,62 +133,50 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, *, method
         "per_channel": per_channel,
         "calibrate_method": method,
         "op_types_to_quantize": list(op_types) if op_types else "all",
-        "extra_options": dict(extra),
-        "calib_images": int(len(calib)),
+        "extra_options": extra,
+        "calib_images": int(n_calib),
         "preprocess": preprocess,
         "weighted_only": weighted_only,
     }
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    sink = io.StringIO()
-    level = logging.getLogger().level
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            logging.getLogger().setLevel(logging.ERROR)
-            model_in = src
-            if preprocess:  # shape inference only: ORT graph optimisations would add contrib ops TRT cannot parse
-                from onnxruntime.quantization.shape_inference import quant_pre_process
 
-                model_in = work / "pre.onnx"
-                quant_pre_process(str(src), str(model_in), skip_optimization=True, skip_onnx_shape=False,
-                                  skip_symbolic_shape=False)
-            out = work / "q.onnx"
-            nodes = None
-            if weighted_only:
-                pre = onnx.load(str(model_in))
-                inits = {i.name for i in pre.graph.initializer}
-                inits |= {n.output[0] for n in pre.graph.node if n.op_type == "Constant"}
-                nodes = [n.name for n in pre.graph.node
-                         if (not op_types or n.op_type in op_types) and len(n.input) > 1 and n.input[1] in inits]
-                if not all(nodes):
-                    nodes = None  # unnamed nodes: fall back to op types
-                settings["nodes_quantized"] = len(nodes) if nodes is not None else "all of op_types"
-            quantize_static(
-                str(model_in),
-                str(out),
-                _ArrayReader(calib, input_name, batch),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types) if op_types else None,
-                nodes_to_quantize=nodes,
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8 if u8 else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                extra_options=extra,
-            )
-        with atomic_path(dst) as tmp:
-            os.replace(out, tmp)
-    except VtpError:
-        raise
-    except Exception as exc:
-        raise VtpError(f"INT8 quantization of {src} failed: {' '.join(str(exc).split())[:200]}") from None
-    finally:
-        logging.getLogger().setLevel(level)
-        for f in work.glob("*"):
-            f.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            work.rmdir()
-    return settings
+
+def _shape_inferred(src: Path, dst: Path) -> Path:
+    """Shape inference only: ORT graph optimisations would add contrib ops TensorRT cannot parse."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=False, skip_symbolic_shape=False)
+    return dst
+
+
+def _weighted_nodes(model_path: Path, op_types) -> list[str] | None:
+    """Names of the `op_types` nodes whose second input is a weight; None when a node is unnamed."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    nodes = [n.name for n in graph.node
+             if (not op_types or n.op_type in op_types) and len(n.input) > 1 and n.input[1] in inits]
+    return nodes if all(nodes) else None  # unnamed nodes: fall back to op types
+
+
+def _quantize_static(model_in: Path, out: Path, reader: _ArrayReader, nodes: list[str] | None,
+                     settings: dict[str, Any]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    op_types = settings["op_types_to_quantize"]
+    quantize_static(
+        str(model_in),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=None if op_types == "all" else list(op_types),
+        nodes_to_quantize=nodes,
+        per_channel=settings["per_channel"],
+        activation_type=getattr(QuantType, settings["activation_type"]),
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
+        extra_options=dict(settings["extra_options"]),
+    )
 
 
 def qdq_summary(path_or_model) -> dict[str, Any]:
@@ -251,7 +265,7 @@ def int8_fp16(src: str | Path, dst: str | Path) -> Path:
             model = version_converter.convert_version(model, FP16_QDQ_OPSET)
         except Exception as exc:
             raise VtpError(f"cannot raise {src.name} to opset {FP16_QDQ_OPSET} for fp16 Q/DQ: "
-                           f"{' '.join(str(exc).split())[:160]}") from None
+                           f"{one_line(exc, 160)}") from None
     work = dst.with_name(f".{dst.name}.opset{FP16_QDQ_OPSET}.pending")
     try:
         onnx.save(model, str(work))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,40 @@ def _artifact(path: Path) -> dict[str, Any]:
     return {"path": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+@dataclass
+class _Job:
+    """What every export step reads (settings, validation inputs and their PyTorch logits) and the report."""
+
+    out_dir: Path
+    cfg: ExportConfig
+    x: np.ndarray
+    ref: np.ndarray
+    threads: int | None
+    report: dict[str, Any]
+    say: Callable[[str], None]
+
+    @property
+    def batch(self) -> int | None:
+        """The exported batch (None: dynamic), for running inputs through the ONNX models."""
+        return None if self.cfg.dynamic_batch else self.cfg.batch
+
+    def validate(self, path: Path, stage: str, atol: float | None = None) -> dict[str, Any]:
+        from .onnx_export import validate_onnx
+
+        return validate_onnx(path, self.ref, self.x, stage=stage, atol=atol, batch=self.batch, threads=self.threads)
+
+    def keep(self, name: str, path: Path, validation: dict[str, Any]) -> None:
+        self.report["validations"].append(validation)
+        self.report["artifacts"][name] = _artifact(path)
+
+
+@dataclass
+class _Calibration:
+    images: np.ndarray
+    dir: str | Path  # as given (reported verbatim)
+    manifest: dict[str, Any]
+
+
 def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, calib_dir: str | Path | None = None,
                heldout: tuple[np.ndarray, np.ndarray] | None = None, *, threads: int | None = None,
                trt_targets: list[str] | None = None, log=None) -> dict[str, Any]:
@@ -75,25 +111,46 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
     (checked before any expensive work), NumericalMismatchError if fp32 parity fails, and
     ReadinessError (exit 1) for readiness warnings under `cfg.strict`.
     """
-    from .calib import load_calibration
-    from .onnx_export import (
-        export_onnx,
-        random_inputs,
-        run_batched,
-        torch_logits,
-        validate_onnx,
-    )
+    from .onnx_export import torch_logits
 
-    say = log or (lambda msg: None)
     out_dir = Path(out_dir)
-    input_size = source.input_size
-    # --- cheap checks first -------------------------------------------------------------------
+    calib, trt_version = _check_before_work(source, out_dir, cfg, calib_dir)
+    heldout, heldout_kind = _heldout_set(source, heldout)
+    x, inputs = _validation_inputs(source, cfg, heldout, heldout_kind, calib)
+    model = source.model.eval()
+    job = _Job(out_dir, cfg, x, torch_logits(model, x), threads, _new_report(source, cfg, inputs),
+               log or (lambda msg: None))
+    fp32 = _export_fp32(job, model)
+    if cfg.attention == "fused":
+        _fuse_attention(job, fp32.path)
+    if cfg.fp16:
+        _export_fp16(job, fp32.path)
+    if cfg.int8:
+        _export_int8(job, fp32.path, calib, trt_version)
+        if heldout is not None:
+            job.report["int8"]["heldout"] = _heldout_agreement(job, fp32.path, heldout, heldout_kind)
+    readiness = _check_readiness(job, fp32.path, model, trt_targets) if cfg.check_trt or cfg.trt else None
+    if cfg.trt:
+        _build_engine(job, fp32.input_shape, trt_version)
+    atomic_write_json(out_dir / "export.json", job.report)
+    if readiness is not None:
+        from .readiness import enforce
+
+        enforce(readiness, cfg.strict)
+    return job.report
+
+
+def _check_before_work(source: ModelSource, out_dir: Path, cfg: ExportConfig,
+                       calib_dir: str | Path | None) -> tuple[_Calibration | None, Any]:
+    """The cheap checks, before any expensive work: (calibration set or None, TensorRT version or None)."""
+    from .calib import load_calibration
+
     if cfg.int8 and calib_dir is None:
         raise DataError("--int8 needs --calib CALIB_DIR (build one with `vtpdeploy calib`)")
-    calib = calib_labels = None
-    calib_manifest: dict[str, Any] = {}
+    calib = None
     if calib_dir is not None:
-        calib, calib_labels, calib_manifest = load_calibration(calib_dir, input_size)
+        images, _labels, manifest = load_calibration(calib_dir, source.input_size)
+        calib = _Calibration(images, calib_dir, manifest)
     if cfg.int8_fp16 and (not cfg.int8 or cfg.int8_activations == "u8"):
         raise VtpError("--int8-fp16 converts the TensorRT INT8 model: it needs --int8 with s8 activations")
     if cfg.trt and cfg.int8 and cfg.int8_activations == "u8":
@@ -105,30 +162,35 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
 
         trt_version = installed_version()[1]
     check_writable(out_dir)
+    return calib, trt_version
 
-    # --- real inputs ----------------------------------------------------------------------------
-    if heldout is None:
-        heldout_split = _run_split(source, "val", HELDOUT_MAX)
-        if heldout_split is not None:
-            heldout = heldout_split[:2]
-            heldout_kind = heldout_split[2]
-        else:
-            heldout_kind = None
-    else:
-        heldout_kind = "given held-out set"
+
+def _heldout_set(source: ModelSource, heldout: tuple[np.ndarray, np.ndarray] | None):
+    """(held-out images and labels, where they come from), or (None, None) without real data."""
+    if heldout is not None:
+        return heldout, "given held-out set"
+    split = _run_split(source, "val", HELDOUT_MAX)
+    return (split[:2], split[2]) if split is not None else (None, None)
+
+
+def _validation_inputs(source: ModelSource, cfg: ExportConfig, heldout, heldout_kind: str | None,
+                       calib: _Calibration | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Up to `cfg.val_n` inputs for every parity check: held-out, else calibration, else seeded random."""
+    from .onnx_export import random_inputs
+
     if heldout is not None:
         x, inputs = heldout[0][: cfg.val_n], {"kind": "real", "from": heldout_kind}
     elif calib is not None:
-        x, inputs = calib[: cfg.val_n], {"kind": "real", "from": f"calibration set {calib_dir}"}
+        x, inputs = calib.images[: cfg.val_n], {"kind": "real", "from": f"calibration set {calib.dir}"}
     else:
-        x = random_inputs(input_size, cfg.val_n, seed=0)
+        x = random_inputs(source.input_size, cfg.val_n, seed=0)
         inputs = {"kind": "random", "from": "seeded standard normal", "seed": 0}
     inputs.update(n=int(len(x)), shape=list(x.shape[1:]))
-    batch = None if cfg.dynamic_batch else cfg.batch
-    model = source.model.eval()
-    ref = torch_logits(model, x)
+    return x, inputs
 
-    report: dict[str, Any] = {
+
+def _new_report(source: ModelSource, cfg: ExportConfig, inputs: dict[str, Any]) -> dict[str, Any]:
+    return {
         "source": source.label,
         "run_dir": str(source.run_dir) if source.run_dir else None,
         "opset": cfg.opset,
@@ -139,137 +201,163 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
         "validations": [],
     }
 
-    # --- fp32 ---------------------------------------------------------------------------------
-    say(f"exporting fp32 ONNX (opset {cfg.opset}) -> {out_dir / 'model.onnx'}")
-    fp32 = export_onnx(model, out_dir / "model.onnx", opset=cfg.opset, batch=cfg.batch,
-                       dynamic_batch=cfg.dynamic_batch, simplify=cfg.simplify, simplifier=cfg.simplifier, sample=x,
-                       atol=cfg.atol, threads=threads, reference=ref)
-    report["input_shape"] = fp32.input_shape
-    report["simplified"] = fp32.simplified
-    report["simplify_note"] = fp32.simplify_note
-    report["validations"] += fp32.validations
-    report["artifacts"]["fp32"] = _artifact(fp32.path)
 
-    # --- fp16 ---------------------------------------------------------------------------------
-    if cfg.fp16:
-        from .fp16 import convert_fp16
+def _export_fp32(job: _Job, model):
+    """model.onnx, validated (and simplified when asked) by the one exporter."""
+    from .onnx_export import export_onnx
 
-        say("converting to fp16 -> model.fp16.onnx")
-        path16 = out_dir / "model.fp16.onnx"
-        tmp16 = convert_fp16(fp32.path, out_dir / ".model.fp16.onnx.pending")
-        try:
-            rec = validate_onnx(tmp16, ref, x, stage="fp16", atol=None, batch=batch, threads=threads)
-            os.replace(tmp16, path16)
-        finally:
-            tmp16.unlink(missing_ok=True)
-        rec["io_types"] = "float32 (keep_io_types=True), compute float16"
-        report["validations"].append(rec)
-        report["artifacts"]["fp16"] = _artifact(path16)
+    cfg = job.cfg
+    job.say(f"exporting fp32 ONNX (opset {cfg.opset}) -> {job.out_dir / 'model.onnx'}")
+    fp32 = export_onnx(model, job.out_dir / "model.onnx", opset=cfg.opset, batch=cfg.batch,
+                       dynamic_batch=cfg.dynamic_batch, simplify=cfg.simplify, simplifier=cfg.simplifier,
+                       sample=job.x, atol=cfg.atol, threads=job.threads, reference=job.ref)
+    job.report.update(input_shape=fp32.input_shape, simplified=fp32.simplified, simplify_note=fp32.simplify_note,
+                      simplifier=fp32.simplifier)
+    job.report["validations"] += fp32.validations
+    job.report["artifacts"]["fp32"] = _artifact(fp32.path)
+    return fp32
 
-    # --- int8 ---------------------------------------------------------------------------------
-    if cfg.int8:
-        from ..runners import make_runner
-        from .quantize import qdq_summary, quantize_int8
 
-        u8 = cfg.int8_activations == "u8"
-        say(f"quantizing to int8 (QDQ, {cfg.calib_method}, {cfg.int8_activations} activations"
-            f"{' (CPU runtimes, not TensorRT)' if u8 else ''}, {len(calib)} calibration images) -> model.int8.onnx")
-        path8 = out_dir / "model.int8.onnx"
-        tmp8 = out_dir / ".model.int8.onnx.pending"
-        try:
-            settings = quantize_int8(fp32.path, tmp8, calib, method=cfg.calib_method,
-                                     activation_type=cfg.int8_activations)
-            rec = validate_onnx(tmp8, ref, x, stage="int8", atol=None, batch=batch, threads=threads)
-            q = qdq_summary(tmp8)
-            if not u8 and (q["nonzero_zero_points"] or q["non_int8_qdq"]):
-                raise VtpError(f"INT8 (s8) model has {len(q['nonzero_zero_points'])} non-zero zero points and "
-                               f"{len(q['non_int8_qdq'])} non-int8 Q/DQ nodes")
-            bad_w = [w["name"] for w in q["weights"] if w["dtype"] != "int8" or not w["zero_point_zero"]]
-            if bad_w:
-                raise VtpError(f"INT8 model has {len(bad_w)} weights that are not int8 with zero point 0: {bad_w[0]}")
-            os.replace(tmp8, path8)
-        finally:
-            tmp8.unlink(missing_ok=True)
-        report["validations"].append(rec)
-        report["artifacts"]["int8"] = _artifact(path8)
-        int8_info: dict[str, Any] = {
-            "settings": settings,
-            "calibration": {"dir": str(calib_dir), "n": int(len(calib)),
-                            "sha256": calib_manifest.get("files", {}).get("calib.npy") or sha256_file(Path(calib_dir) / "calib.npy"),
-                            "source": calib_manifest.get("source")},
-            "activations": cfg.int8_activations,
-            "quant_dtypes": q["quant_dtypes"],
-            "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
-            "zero_points_all_zero": not q["nonzero_zero_points"],
-            "weights_int8_symmetric": not bad_w,
-            "weights_per_channel": all(w["per_channel"] for w in q["weights"]),
-            "quantized_weights": len(q["weights"]),
-        }
-        if heldout is not None:
-            hx, hy = heldout
-            with make_runner("ort", fp32.path, threads=threads) as r32, make_runner("ort", path8, threads=threads) as r8:
-                o32, o8 = run_batched(r32, hx, batch), run_batched(r8, hx, batch)
-            int8_info["heldout"] = {
-                "from": heldout_kind, "n": int(len(hx)),
-                "accuracy_fp32": float((o32.argmax(-1) == hy).mean()),
-                "accuracy_int8": float((o8.argmax(-1) == hy).mean()),
-                "top1_agreement": top1_agreement(o32, o8),
-                "max_abs_diff": max_abs_diff(o32, o8),
-            }
-        report["int8"] = int8_info
-        if cfg.int8_fp16 or (trt_version is not None and onnx_for(trt_version, "int8") == "int8-fp16"):
-            _write_int8_fp16(out_dir, path8, ref, x, rec, batch, threads, report, say)
+def _fuse_attention(job: _Job, fp32_path: Path) -> None:
+    """model.ort.onnx: an extra ORT-only file; model.onnx stays portable (TensorRT, OpenVINO, INT8)."""
+    from .attention import rewrite_attention_file
 
-    # --- TensorRT -----------------------------------------------------------------------------
-    readiness = None
-    if cfg.check_trt or cfg.trt:
-        from .readiness import TARGETS, check_trt_readiness
+    job.say("fusing attention (com.microsoft.Attention, ONNX Runtime only) -> model.ort.onnx")
+    job.report["attention"] = rewrite_attention_file(fp32_path, job.out_dir / "model.ort.onnx", atol=job.cfg.atol,
+                                                     threads=job.threads or 1)
+    job.report["artifacts"]["ort_fused"] = _artifact(job.out_dir / "model.ort.onnx")
 
-        precisions = [p for p, on in (("fp16", True), ("int8", cfg.int8)) if on]
-        readiness = check_trt_readiness(fp32.path, model, targets=trt_targets or list(TARGETS),
-                                        precisions=precisions,
-                                        int8_path=out_dir / "model.int8.onnx" if cfg.int8 else None,
-                                        int8_fp16_path=out_dir / ONNX_FILE["int8-fp16"]
-                                        if "int8_fp16" in report["artifacts"] else None)
-        atomic_write_json(out_dir / "trt_report.json", readiness)
-        report["trt_report"] = {"path": "trt_report.json", "warnings": len(readiness["warnings"])}
-    if cfg.trt:
-        from .trt_build import build_engine
 
-        precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
-        onnx_in = out_dir / ONNX_FILE[onnx_for(trt_version, precision)]
-        say(f"building TensorRT {trt_version} engine ({precision}, from {onnx_in.name}) -> model.engine")
-        report["engine"] = build_engine(onnx_in, out_dir / "model.engine", precision=precision,
-                                        input_shape=fp32.input_shape,
-                                        batch_range=(1, cfg.batch, max(cfg.batch, 32)))
-    atomic_write_json(out_dir / "export.json", report)
-    if readiness is not None:
-        from .readiness import enforce
+def _export_fp16(job: _Job, fp32_path: Path) -> None:
+    from .fp16 import convert_fp16
 
-        enforce(readiness, cfg.strict)
-    return report
+    job.say("converting to fp16 -> model.fp16.onnx")
+    path16 = job.out_dir / "model.fp16.onnx"
+    tmp16 = convert_fp16(fp32_path, job.out_dir / ".model.fp16.onnx.pending")
+    try:
+        rec = job.validate(tmp16, "fp16")
+        os.replace(tmp16, path16)
+    finally:
+        tmp16.unlink(missing_ok=True)
+    rec["io_types"] = "float32 (keep_io_types=True), compute float16"
+    job.keep("fp16", path16, rec)
+
+
+def _export_int8(job: _Job, fp32_path: Path, calib: _Calibration, trt_version) -> None:
+    """model.int8.onnx (checked: s8 is TensorRT-valid, weights int8 symmetric), and its fp16 twin when needed."""
+    from .quantize import quantize_int8
+
+    cfg = job.cfg
+    u8 = cfg.int8_activations == "u8"
+    job.say(f"quantizing to int8 (QDQ, {cfg.calib_method}, {cfg.int8_activations} activations"
+            f"{' (CPU runtimes, not TensorRT)' if u8 else ''}, {len(calib.images)} calibration images) "
+            "-> model.int8.onnx")
+    path8, tmp8 = job.out_dir / "model.int8.onnx", job.out_dir / ".model.int8.onnx.pending"
+    try:
+        settings = quantize_int8(fp32_path, tmp8, calib.images, method=cfg.calib_method,
+                                 activation_type=cfg.int8_activations)
+        rec = job.validate(tmp8, "int8")
+        q = _checked_qdq(tmp8, u8)
+        os.replace(tmp8, path8)
+    finally:
+        tmp8.unlink(missing_ok=True)
+    job.keep("int8", path8, rec)
+    job.report["int8"] = _int8_info(settings, calib, cfg.int8_activations, q)
+    if cfg.int8_fp16 or (trt_version is not None and onnx_for(trt_version, "int8") == "int8-fp16"):
+        _write_int8_fp16(job, path8, rec)
+
+
+def _checked_qdq(path: Path, u8: bool) -> dict[str, Any]:
+    """The model's Q/DQ summary; raises when s8 is not TensorRT-valid or a weight is not int8 symmetric."""
+    from .quantize import qdq_summary
+
+    q = qdq_summary(path)
+    if not u8 and (q["nonzero_zero_points"] or q["non_int8_qdq"]):
+        raise VtpError(f"INT8 (s8) model has {len(q['nonzero_zero_points'])} non-zero zero points and "
+                       f"{len(q['non_int8_qdq'])} non-int8 Q/DQ nodes")
+    bad_w = [w["name"] for w in q["weights"] if w["dtype"] != "int8" or not w["zero_point_zero"]]
+    if bad_w:
+        raise VtpError(f"INT8 model has {len(bad_w)} weights that are not int8 with zero point 0: {bad_w[0]}")
+    return q
+
+
+def _int8_info(settings: dict[str, Any], calib: _Calibration, activations: str, q: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "settings": settings,
+        "calibration": {"dir": str(calib.dir), "n": int(len(calib.images)),
+                        "sha256": calib.manifest.get("files", {}).get("calib.npy") or sha256_file(Path(calib.dir) / "calib.npy"),
+                        "source": calib.manifest.get("source")},
+        "activations": activations,
+        "quant_dtypes": q["quant_dtypes"],
+        "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
+        "zero_points_all_zero": not q["nonzero_zero_points"],
+        "weights_int8_symmetric": True,  # _checked_qdq refused any other
+        "weights_per_channel": all(w["per_channel"] for w in q["weights"]),
+        "quantized_weights": len(q["weights"]),
+    }
+
+
+def _heldout_agreement(job: _Job, fp32_path: Path, heldout, heldout_kind: str | None) -> dict[str, Any]:
+    """fp32 vs int8 ONNX accuracy and agreement on labelled images never used for calibration."""
+    from ..runners import make_runner
+    from .onnx_export import run_batched
+
+    hx, hy = heldout
+    with make_runner("ort", fp32_path, threads=job.threads) as r32, \
+            make_runner("ort", job.out_dir / "model.int8.onnx", threads=job.threads) as r8:
+        o32, o8 = run_batched(r32, hx, job.batch), run_batched(r8, hx, job.batch)
+    return {
+        "from": heldout_kind, "n": int(len(hx)),
+        "accuracy_fp32": float((o32.argmax(-1) == hy).mean()),
+        "accuracy_int8": float((o8.argmax(-1) == hy).mean()),
+        "top1_agreement": top1_agreement(o32, o8),
+        "max_abs_diff": max_abs_diff(o32, o8),
+    }
+
+
+def _check_readiness(job: _Job, fp32_path: Path, model, trt_targets: list[str] | None) -> dict[str, Any]:
+    """trt_report.json: TensorRT readiness of every file an engine may be built from."""
+    from .readiness import TARGETS, check_trt_readiness
+
+    cfg, out_dir = job.cfg, job.out_dir
+    precisions = [p for p, on in (("fp16", True), ("int8", cfg.int8)) if on]
+    readiness = check_trt_readiness(fp32_path, model, targets=trt_targets or list(TARGETS), precisions=precisions,
+                                    int8_path=out_dir / "model.int8.onnx" if cfg.int8 else None,
+                                    int8_fp16_path=out_dir / ONNX_FILE["int8-fp16"]
+                                    if "int8_fp16" in job.report["artifacts"] else None)
+    atomic_write_json(out_dir / "trt_report.json", readiness)
+    job.report["trt_report"] = {"path": "trt_report.json", "warnings": len(readiness["warnings"])}
+    return readiness
+
+
+def _build_engine(job: _Job, input_shape, trt_version) -> None:
+    from .trt_build import build_engine
+
+    cfg = job.cfg
+    precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
+    onnx_in = job.out_dir / ONNX_FILE[onnx_for(trt_version, precision)]
+    job.say(f"building TensorRT {trt_version} engine ({precision}, from {onnx_in.name}) -> model.engine")
+    job.report["engine"] = build_engine(onnx_in, job.out_dir / "model.engine", precision=precision,
+                                        input_shape=input_shape, batch_range=(1, cfg.batch, max(cfg.batch, 32)))
 
 
 INT8_FP16_SLACK = 2.0  # model.int8.fp16.onnx may be at most this many times further from PyTorch than model.int8.onnx
 
 
-def _write_int8_fp16(out_dir: Path, path8: Path, ref: np.ndarray, x: np.ndarray, rec8: dict[str, Any],
-                     batch: int | None, threads: int | None, report: dict[str, Any], say) -> None:
+def _write_int8_fp16(job: _Job, path8: Path, rec8: dict[str, Any]) -> None:
     """model.int8.fp16.onnx: the INT8 model with fp16 float ops (for strongly typed TensorRT), validated."""
-    from .onnx_export import validate_onnx
     from .quantize import int8_fp16
 
     name = ONNX_FILE["int8-fp16"]
-    say(f"converting the INT8 model's float ops to fp16 -> {name}")
-    final, tmp = out_dir / name, out_dir / f".{name}.pending"
+    job.say(f"converting the INT8 model's float ops to fp16 -> {name}")
+    final, tmp = job.out_dir / name, job.out_dir / f".{name}.pending"
     atol = max(INT8_FP16_SLACK * rec8["max_abs_diff"], 1e-6)
     try:
         int8_fp16(path8, tmp)
-        rec = validate_onnx(tmp, ref, x, stage="int8-fp16", atol=atol, batch=batch, threads=threads)
+        rec = job.validate(tmp, "int8-fp16", atol=atol)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     rec["tolerance"] = f"{INT8_FP16_SLACK:g} x the int8 model's max|diff| vs PyTorch"
     rec["io_types"] = "float32 (keep_io_types=True), Q/DQ and compute float16, opset 19"
-    report["validations"].append(rec)
-    report["artifacts"]["int8_fp16"] = _artifact(final)
+    job.keep("int8_fp16", final, rec)

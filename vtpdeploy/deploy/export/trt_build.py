@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...console import one_line
 from ...errors import BackendUnavailableError, VtpError
 from ...fileio import atomic_path, atomic_write_json, sha256_file
 from .trt_versions import (
@@ -175,7 +176,7 @@ def _build_python(onnx_path: Path, engine_path: Path, plan: BuildPlan, shapes: d
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise VtpError(f"TensorRT {v} cannot parse {onnx_path}: {' '.join(errs.split())[:200]}")
+        raise VtpError(f"TensorRT {v} cannot parse {onnx_path}: {one_line(errs)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     for name in plan.builder_flags:

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ...console import one_line
 from ...errors import VtpError
 
 MIN_SUPPORTED = (8, 5)
@@ -248,7 +249,7 @@ def onnx_precision(path: str | Path) -> str:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise VtpError(f"{path}: not a readable ONNX model ({' '.join(str(exc).split())[:160]})") from None
+        raise VtpError(f"{path}: not a readable ONNX model ({one_line(exc, 160)})") from None
     g = model.graph
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node)
     half = TensorProto.FLOAT16

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...console import one_line
 from ...errors import VtpError
 from .base import Runner
 
@@ -25,7 +26,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(str(artifact))
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            raise VtpError(f"{artifact}: OpenVINO cannot load it ({' '.join(str(exc).split())[:200]})") from None
+            raise VtpError(f"{artifact}: OpenVINO cannot load it ({one_line(exc, 200)})") from None
         self.request = self.compiled.create_infer_request()
         ps = self.compiled.inputs[0].get_partial_shape()
         self._shape = tuple(d.get_length() if d.is_static else "?" for d in ps)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...console import one_line
 from ...errors import BackendUnavailableError, VtpError
 from .base import Runner
 
@@ -58,7 +59,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(artifact), sess_options=opts, providers=providers)
         except Exception as exc:
-            raise VtpError(f"{artifact}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
+            raise VtpError(f"{artifact}: ONNX Runtime cannot load it ({one_line(exc, 200)})") from None
         self.providers = list(self.session.get_providers())
         if wanted not in self.providers:
             raise BackendUnavailableError(
