@@ -14,7 +14,6 @@ sparsify too). Prints a Markdown table and writes DIR/results.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time

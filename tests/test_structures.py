@@ -7,7 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff, randomize_layer_scale
+from conftest import (
+    gated_random,
+    image_batch,
+    make_vit,
+    masked_and_compact,
+    max_diff,
+    randomize_layer_scale,
+)
 from test_compact import VARIANTS, _variant_id
 
 import vtpdeploy
@@ -21,7 +28,7 @@ from vtpdeploy.prune.sites import read_dims
 from vtpdeploy.prune.widths import rate_bound
 
 ATOL = 1e-4
-MID = dict(embed_dim=192, num_heads=3, depth=2)  # head_dim 64 as DeiT
+MID = {"embed_dim": 192, "num_heads": 3, "depth": 2}  # head_dim 64 as DeiT
 # (profile, granularity): the new structures
 STRUCTURES = [("cpu-nogather", "dim"), ("cpu", "head"), ("cpu", "head+dim"), ("none", "head")]
 

@@ -16,7 +16,15 @@ from torch import nn
 
 from ..errors import PlanError
 from .gates import check_supported, iter_gates
-from .schema import GRANULARITIES, GatePlan, Granularity, Importance, PrunePlan, Scope, WidthConstraints
+from .schema import (
+    GRANULARITIES,
+    GatePlan,
+    Granularity,
+    Importance,
+    PrunePlan,
+    Scope,
+    WidthConstraints,
+)
 from .sites import Key, iter_sites, unwrap
 from .widths import allocate, gate_plans
 

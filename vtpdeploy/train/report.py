@@ -174,128 +174,155 @@ def _bench_reports(run_dir: Path) -> list[tuple[Path, dict | None]]:
     return found
 
 
+class _Doc:
+    """The report being written: Markdown lines and the figures it references."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.fig_dir = run_dir, run_dir / FIGURES_DIR
+        self.md: list[str] = []
+        self.written: list[Path] = []
+
+    def add(self, text: str) -> None:
+        self.md.append(text)
+
+    def figure(self, path: Path, alt: str) -> None:
+        self.written.append(path)
+        self.md.append(f"![{alt}]({path.relative_to(self.run_dir).as_posix()})\n")
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Write `report.md` and `figures/*.png` for a finished run dir; returns the report.md path."""
     run_dir = Path(run_dir)
+    report = _finished_report(run_dir)
+    doc = _Doc(run_dir)
+    doc.add(f"# Run report: {report.get('model')} on {report.get('data')}\n")
+    doc.add(f"Regenerate with `vtpdeploy report {run_dir}`. Numbers from `report.json`; per-epoch logs in "
+            "`logs/<stage>/summary.csv`.\n")
+    _accuracy_section(doc, report)
+    plan = PrunePlan.load(run_dir / "plan.json")
+    _gate_score_section(doc, plan)
+    _width_section(doc, plan)
+    _curve_section(doc, report)
+    _latency_section(doc)
+    _recipe_section(doc, report)
+    _remove_stale_figures(doc.fig_dir, doc.written)
+    return atomic_write_text(run_dir / "report.md", "\n".join(doc.md))
+
+
+def _finished_report(run_dir: Path) -> dict:
     if not (run_dir / "manifest.json").is_file():
         raise RunReportError(f"{run_dir}: not a vtpdeploy run dir (no manifest.json)")
     report = _read_json(run_dir / "report.json", "the pipeline has not finished (run `vtpdeploy pipeline`)")
     if report.get("format") != "vtpdeploy-report":
         raise RunReportError(f"{run_dir / 'report.json'}: not a vtpdeploy pipeline report")
-    fig_dir = run_dir / FIGURES_DIR
-    written: list[Path] = []
-    md: list[str] = []
+    return report
 
-    def figure(path: Path, alt: str) -> None:
-        written.append(path)
-        md.append(f"![{alt}]({path.relative_to(run_dir).as_posix()})\n")
 
+def _accuracy_section(doc: _Doc, report: dict) -> None:
     acc, params, macs = report["accuracy"], report["params"], report["macs"]
-    md.append(f"# Run report: {report.get('model')} on {report.get('data')}\n")
-    md.append(f"Regenerate with `vtpdeploy report {run_dir}`. Numbers from `report.json`; per-epoch logs in "
-              "`logs/<stage>/summary.csv`.\n")
-
-    # -- accuracy, params, MACs
-    md.append("## Accuracy, parameters and MACs\n")
-    md.append(_table(["stage", "val top-1"], [[ACCURACY_LABELS.get(k, k), _pct(v)] for k, v in acc.items()]) + "\n")
+    doc.add("## Accuracy, parameters and MACs\n")
+    doc.add(_table(["stage", "val top-1"], [[ACCURACY_LABELS.get(k, k), _pct(v)] for k, v in acc.items()]) + "\n")
     red = report.get("reduction", {})
-    md.append(_table(["", "unpruned", "compact", "reduction"], [
+    doc.add(_table(["", "unpruned", "compact", "reduction"], [
         ["params", f"{params['unpruned']:,}", f"{params['compact']:,}", f"{100 * red.get('params', 0):.1f} %"],
         ["MACs per image", f"{macs['unpruned']:,}", f"{macs['compact']:,}", f"{100 * red.get('macs', 0):.1f} %"],
     ]) + "\n")
     comp = report.get("compaction") or {}
     if comp:
-        md.append(f"Compact model vs hard-mask model: max |Δlogit| {comp['max_abs_diff']:.2e} "
-                  f"(tolerance {comp['atol']:.0e}).\n")
-    figure(figures.accuracy_and_size({ACCURACY_LABELS.get(k, k).split(" (")[0]: v for k, v in acc.items()},
-                                     params, macs, fig_dir / "accuracy.png"), "accuracy per stage, params and MACs")
+        doc.add(f"Compact model vs hard-mask model: max |Δlogit| {comp['max_abs_diff']:.2e} "
+                f"(tolerance {comp['atol']:.0e}).\n")
+    doc.figure(figures.accuracy_and_size({ACCURACY_LABELS.get(k, k).split(" (")[0]: v for k, v in acc.items()},
+                                         params, macs, doc.fig_dir / "accuracy.png"),
+               "accuracy per stage, params and MACs")
 
-    # -- plan: gate scores, widths, V dims
-    plan = PrunePlan.load(run_dir / "plan.json")
+
+def _gate_score_section(doc: _Doc, plan: PrunePlan) -> None:
     summary = plan.summary()
-    md.append("## Gate scores and threshold τ\n")
+    doc.add("## Gate scores and threshold τ\n")
     th = plan.thresholds
     taus = (", ".join(f"{k}: {v:.4g}" for k, v in th.items()) if len(th) <= 8 else
             f"{len(th)} per-layer thresholds from {min(th.values()):.4g} to {max(th.values()):.4g}")
     taus = taus or "none (latency-guided plan)"
-    md.append(f"Importance `{plan.importance}`, scope `{plan.scope}`, requested rate {plan.rate}, realised rate "
-              f"{summary['realised_rate']:.4f} ({summary['kept_dims']:,} of {summary['total_dims']:,} gated dims "
-              f"kept). τ: {taus}. Dims the plan pruned are red; width rounding can move a few across τ.\n")
-    scores = load_gate_scores(run_dir, plan)
-    if scores is not None:
-        per_kind, xlabel = _histogram_data(scores, plan)
-        if per_kind:
-            figure(figures.gate_histograms(per_kind, xlabel, fig_dir / "gate_scores.png"),
+    doc.add(f"Importance `{plan.importance}`, scope `{plan.scope}`, requested rate {plan.rate}, realised rate "
+            f"{summary['realised_rate']:.4f} ({summary['kept_dims']:,} of {summary['total_dims']:,} gated dims "
+            f"kept). τ: {taus}. Dims the plan pruned are red; width rounding can move a few across τ.\n")
+    scores = load_gate_scores(doc.run_dir, plan)
+    if scores is None:
+        doc.add("_No gate scores in this run dir (gate_scores.json and stages/sparse are missing)._\n")
+        return
+    per_kind, xlabel = _histogram_data(scores, plan)
+    if per_kind:
+        doc.figure(figures.gate_histograms(per_kind, xlabel, doc.fig_dir / "gate_scores.png"),
                    "gate score histogram per gate kind with tau")
-    else:
-        md.append("_No gate scores in this run dir (gate_scores.json and stages/sparse are missing)._\n")
 
-    md.append("## Kept width per block\n")
+
+def _width_section(doc: _Doc, plan: PrunePlan) -> None:
+    doc.add("## Kept width per block\n")
     c = plan.constraints
-    md.append(_table(["constraint", "value"], [
+    doc.add(_table(["constraint", "value"], [
         ["profile", c.profile],
         ["round kept count to", ", ".join(f"{k}: {v}" for k, v in c.round_to.items()) or "-"],
         ["minimum width", ", ".join(f"{k}: {v}" for k, v in c.min_width.items()) or "-"],
         ["head-aligned V", "yes" if c.head_aligned_v else "no"],
         ["allowed V dims per head", ", ".join(map(str, c.v_head_dims)) if c.v_head_dims else "any"],
     ]) + "\n")
-    blocks = summary["blocks"]
-    md.append(_table(["block", *GATE_KINDS, "V dims per head"],
-                     [[b["block"], *[f"{b[k]} / {b[f'{k}_size']}" for k in GATE_KINDS],
-                       " ".join(map(str, b["v_dims_per_head"]))] for b in blocks]) + "\n")
-    figure(figures.kept_widths(blocks, list(GATE_KINDS), _constraint_notes(plan), fig_dir / "widths.png"),
-           "kept width per block and gate kind")
-    figure(figures.v_dims_per_head([b["v_dims_per_head"] for b in blocks], plan.head_dim, _v_note(plan),
-                                   fig_dir / "v_dims.png"), "V dims kept per head")
+    blocks = plan.summary()["blocks"]
+    doc.add(_table(["block", *GATE_KINDS, "V dims per head"],
+                   [[b["block"], *[f"{b[k]} / {b[f'{k}_size']}" for k in GATE_KINDS],
+                     " ".join(map(str, b["v_dims_per_head"]))] for b in blocks]) + "\n")
+    doc.figure(figures.kept_widths(blocks, list(GATE_KINDS), _constraint_notes(plan), doc.fig_dir / "widths.png"),
+               "kept width per block and gate kind")
+    doc.figure(figures.v_dims_per_head([b["v_dims_per_head"] for b in blocks], plan.head_dim, _v_note(plan),
+                                       doc.fig_dir / "v_dims.png"), "V dims kept per head")
 
-    # -- training curves
-    md.append("## Training curves\n")
-    curves = _stage_curves(run_dir, report)
-    if curves:
-        rows = []
-        for stage, pts in curves.items():
-            last = pts[-1]
-            rows.append([stage, len(pts), _num(last.get("train_loss")), _pct(last.get("eval_top1")),
-                         _num(last.get("gate_abs_mean")), _num(sum(p.get("epoch_time_s") or 0 for p in pts))])
-        md.append(_table(["stage", "epochs", "last train loss", "last val top-1", "last mean |â|", "train time (s)"],
-                         rows) + "\n")
-        figure(figures.training_curves(curves, fig_dir / "curves.png"), "loss and accuracy curves per stage")
-    else:
-        md.append("_No stage trained in this run (checkpoint or pretrained weights, no sparse training)._\n")
 
-    # -- latency
-    benches = _bench_reports(run_dir)
-    if benches:
-        from ..deploy.bench.plot import write_plot
-        from ..deploy.bench.report import markdown as bench_markdown
+def _curve_section(doc: _Doc, report: dict) -> None:
+    doc.add("## Training curves\n")
+    curves = _stage_curves(doc.run_dir, report)
+    if not curves:
+        doc.add("_No stage trained in this run (checkpoint or pretrained weights, no sparse training)._\n")
+        return
+    rows = []
+    for stage, pts in curves.items():
+        last = pts[-1]
+        rows.append([stage, len(pts), _num(last.get("train_loss")), _pct(last.get("eval_top1")),
+                     _num(last.get("gate_abs_mean")), _num(sum(p.get("epoch_time_s") or 0 for p in pts))])
+    doc.add(_table(["stage", "epochs", "last train loss", "last val top-1", "last mean |â|", "train time (s)"],
+                   rows) + "\n")
+    doc.figure(figures.training_curves(curves, doc.fig_dir / "curves.png"), "loss and accuracy curves per stage")
 
-        md.append("## Latency\n")
-        for path, data in benches:
-            rel = path.relative_to(run_dir).as_posix()
-            if data is None:
-                md.append(f"_`{rel}` is not a readable `vtpdeploy bench --json` report; skipped._\n")
-                continue
-            md.append(f"From `{rel}`:\n")
-            body = bench_markdown(data).strip().splitlines()[1:]  # its own title line is this section's
-            md.append("\n".join("##" + ln if ln.startswith("#") else ln for ln in body).strip() + "\n")
-            stem = "latency" if path.name == "bench.json" else f"latency_{path.stem}"
-            written.append(write_plot(data, fig_dir / f"{stem}.png"))
-            md.append(f"![latency from {rel}]({FIGURES_DIR}/{stem}.png)\n")
 
-    # -- recipe and environment
-    recipe = run_dir / "recipe.yaml"
+def _latency_section(doc: _Doc) -> None:
+    benches = _bench_reports(doc.run_dir)
+    if not benches:
+        return
+    from ..deploy.bench.plot import write_plot
+    from ..deploy.bench.report import markdown as bench_markdown
+
+    doc.add("## Latency\n")
+    for path, data in benches:
+        rel = path.relative_to(doc.run_dir).as_posix()
+        if data is None:
+            doc.add(f"_`{rel}` is not a readable `vtpdeploy bench --json` report; skipped._\n")
+            continue
+        doc.add(f"From `{rel}`:\n")
+        body = bench_markdown(data).strip().splitlines()[1:]  # its own title line is this section's
+        doc.add("\n".join("##" + ln if ln.startswith("#") else ln for ln in body).strip() + "\n")
+        stem = "latency" if path.name == "bench.json" else f"latency_{path.stem}"
+        doc.figure(write_plot(data, doc.fig_dir / f"{stem}.png"), f"latency from {rel}")
+
+
+def _recipe_section(doc: _Doc, report: dict) -> None:
+    recipe = doc.run_dir / "recipe.yaml"
     if recipe.is_file():
-        md.append("## Recipe\n")
-        md.append("```yaml\n" + recipe.read_text().rstrip() + "\n```\n")
+        doc.add("## Recipe\n")
+        doc.add("```yaml\n" + recipe.read_text().rstrip() + "\n```\n")
     env = report.get("environment") or {}
     if env:
-        md.append("## Environment\n")
+        doc.add("## Environment\n")
         pk = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
-        md.append(f"{pk}; {env.get('threads')} torch threads; {env.get('machine')} {env.get('cpu_model') or ''}"
-                  f" ({env.get('os')}).\n")
-
-    _remove_stale_figures(fig_dir, written)
-    return atomic_write_text(run_dir / "report.md", "\n".join(md))
+        doc.add(f"{pk}; {env.get('threads')} torch threads; {env.get('machine')} {env.get('cpu_model') or ''}"
+                f" ({env.get('os')}).\n")
 
 
 def _stage_curves(run_dir: Path, report: dict) -> dict[str, list[dict]]:
