@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(None, "--timeout", help="With --host: seconds the remote bench may run; then its process group is killed (exit 2)."),
         tegrastats: bool = typer.Option(None, "--tegrastats/--no-tegrastats", help="Sample tegrastats (power, GPU clock, board RAM) during the timed window (default: on for --device jetson)."),
         batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8."),
-        precision: str = typer.Option("auto", "--precision", help="TensorRT engine precision: auto (read from the ONNX: Q/DQ -> int8, fp16 -> fp16) | fp32 | fp16 | int8."),
+        precision: str = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | int8. TensorRT: engine precision (auto reads the ONNX: Q/DQ -> int8, fp16 -> fp16); torch on CUDA: fp32 | fp16."),
         baseline: str = typer.Option(None, "--baseline", help="unpruned | TIMM_NAME | PATH | none (default: unpruned for a run dir, else deit_base_patch16_224)."),
         warmup_s: float = typer.Option(1.0, "--warmup-s", help="Warm-up seconds per model."),
         duration_s: float = typer.Option(None, "--duration-s", help="Measured seconds per model per batch (default 3)."),
