@@ -47,23 +47,19 @@ _INT8 = WidthConstraints(
     min_width={"qkv_in": 64, "mlp_in": 64, "mlp_hidden": 128},
 )
 
+_CPU = WidthConstraints(
+    profile="cpu",
+    round_to={"qkv_in": 16, "attn_v": 8, "mlp_in": 16, "mlp_hidden": 32},
+    head_aligned_v=True,
+    v_head_dims=None,
+    min_width={"qkv_in": 32, "mlp_in": 32, "mlp_hidden": 64},
+)
+
 PROFILES: dict[str, WidthConstraints] = {
     "none": WidthConstraints(profile="none"),
-    "cpu": WidthConstraints(
-        profile="cpu",
-        round_to={"qkv_in": 16, "attn_v": 8, "mlp_in": 16, "mlp_hidden": 32},
-        head_aligned_v=True,
-        v_head_dims=None,
-        min_width={"qkv_in": 32, "mlp_in": 32, "mlp_hidden": 64},
-    ),
-    "cpu-nogather": WidthConstraints(
-        profile="cpu-nogather",
-        round_to={"qkv_in": 16, "attn_v": 8, "mlp_in": 16, "mlp_hidden": 32},
-        head_aligned_v=True,
-        v_head_dims=None,
-        min_width={"qkv_in": 32, "mlp_in": 32, "mlp_hidden": 64},
-        keep_full=["qkv_in", "mlp_in"],
-    ),
+    "cpu": _CPU,
+    "cpu-nogather": _CPU.model_copy(update={"profile": "cpu-nogather", "keep_full": ["qkv_in", "mlp_in"]},
+                                    deep=True),  # as cpu, qkv/fc1 inputs never pruned
     "gpu-fp16": WidthConstraints(
         profile="gpu-fp16",
         round_to={"qkv_in": 8, "attn_v": 8, "mlp_in": 8, "mlp_hidden": 64},

@@ -543,16 +543,12 @@ def _ort_outputs(model_bytes: bytes, x: np.ndarray, batch: int | None, threads: 
     except Exception as exc:
         raise VtpError(f"ONNX Runtime cannot load the attention-rewritten model ({one_line(exc, 200)})") \
             from None
+    from types import SimpleNamespace
+
+    from .onnx_export import run_batched
+
     name = sess.get_inputs()[0].name
-    step = batch or len(x)
-    outs = []
-    for i in range(0, len(x), step):
-        chunk = x[i: i + step]
-        n = len(chunk)
-        if n < step:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-        outs.append(sess.run(None, {name: chunk})[0][:n])
-    return np.concatenate(outs)
+    return run_batched(SimpleNamespace(infer=lambda chunk: sess.run(None, {name: chunk})[0]), x, batch)
 
 
 def validate_fused(original, fused, *, atol: float = 1e-4, n: int = 4, seed: int = 0, threads: int = 1) -> float:
