@@ -5,10 +5,13 @@
     python benchmarks/deit_base.py --out /tmp/q --quick        # tiny ViT smoke run (tests)
 
 Writes DIR/vtp20, DIR/vtp40 (vtpdeploy.save), DIR/vtp40_none (profile `none`, for the latency comparison),
-DIR/{deit_base,vtp20,vtp40,vtp40_none}.onnx (dynamic batch, + `.onnx.json` params/MACs sidecars),
-DIR/vtp40.int8.onnx (QDQ INT8 with u8 activations, the CPU choice: `--int8-activations u8`),
-DIR/vtp40.int8s8.onnx (QDQ INT8 with s8 activations, the TensorRT format, benchmarked beside it for
-comparison; `--no-int8-s8` skips it), both calibrated on synthetic data, DIR/results.json and prints a table.
+DIR/vtp40_nogather (profile `cpu-nogather` at VTP-40's MACs), the Torch-Pruning peers DIR/tp_uniform.onnx and
+DIR/tp_bottleneck.onnx at VTP-40's MACs (±1 %; needs the `bench` extra, else skipped with one line),
+DIR/{deit_base,vtp20,vtp40,...}.onnx (dynamic batch, + `.onnx.json` params/MACs sidecars),
+DIR/{vtp40,deit_base}.int8.onnx (QDQ INT8 with u8 activations, the CPU choice: `--int8-activations u8`; the
+same quantizer for both), DIR/vtp40.int8s8.onnx (s8 activations, the TensorRT format, benchmarked beside it
+for comparison; `--no-int8-s8` skips it), all calibrated on synthetic data, the ONNX Runtime per-operator
+profile (b1) of DeiT-B and the VTP-40 models, DIR/results.json, and prints the tables.
 Weights are random (no download): latency and MAC numbers are meaningful, accuracy is not.
 Keys of results.json: see docs/hardware.md.
 """
@@ -27,6 +30,9 @@ import numpy as np
 import torch
 
 import vtpdeploy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peer_torch_pruning  # noqa: E402  (benchmarks/ is not a package)
 
 PAPER = {"model": "deit_base_patch16_224", "params": 86.6e6, "macs": 17.6e9,
          "vtp40": {"params": 47.3e6, "macs": 10.0e9, "params_saved_pct": 45.4, "macs_saved_pct": 43.0}}
@@ -68,20 +74,27 @@ def main(argv: list[str] | None = None) -> dict:
     sample = torch.from_numpy(np.random.default_rng(1).standard_normal((2, c, h, w), dtype=np.float32))
     base_counts = vtpdeploy.count(base)
     plans, models = _compact_variants(args, run, base, gated, importance, sample, base_counts)
+    peers = _peer_arms(args, run, plans["vtp40"]["macs"], notes)
+    models.update({label: model for label, (model, _) in peers.items()})
     onnx_paths = _export_all(args, models, sample, base_counts)
     calib = np.random.default_rng(2).standard_normal((run.n_calib, c, h, w), dtype=np.float32)
-    int8 = _quantize(args, run, onnx_paths["vtp40"], plans["vtp40"], calib, notes)
+    int8 = _quantize(args, run, onnx_paths, plans, base_counts, calib, notes)
+    op_profiles = _op_profiles(args, onnx_paths)
     t0 = time.time()
     timing = dict(batches=run.batches, baseline=str(onnx_paths["deit_base"]), warmup_s=run.warmup,
                   duration_s=run.duration, threads=args.threads, progress=_say)
     rep_fp32 = run_bench([str(onnx_paths[k]) for k in models if k != "deit_base"], backend=",".join(run.backends),
                          **timing)
-    rep_int8 = run_bench([str(int8["path"])] + ([str(int8["s8"]["path"])] if int8["s8"] else []), backend="ort",
-                         **timing)
+    rep_int8 = run_bench([str(int8["path"]), str(int8["deit_base"]["path"])]
+                         + ([str(int8["vtp40_nogather"]["path"])] if "vtp40_nogather" in int8 else [])
+                         + ([str(int8["s8"]["path"])] if int8["s8"] else []), backend="ort", **timing)
     _say(f"benchmarks done ({time.time() - t0:.1f}s)")
     s8_path = Path(int8["s8"]["path"]) if int8["s8"] else None
     rows, s8_rows = _comparison_rows(rep_fp32, rep_int8, s8_path)
-    int8_b1 = next((r for r in rows if r["precision"] == "int8" and r["batch"] == 1), None)
+    int8_b1 = next((r for r in rows if r["model"] == "vtp40.int8" and r["batch"] == 1), None)
+    peer_rows = _paired_ratios(rep_fp32, "vtp40", [k for k in peers], "fp32")
+    int8_pair = (_paired_ratios(rep_int8, "vtp40.int8", ["deit_base.int8"], "int8")
+                 + _paired_ratios(rep_int8, "vtp40_nogather.int8", ["deit_base.int8"], "int8"))
     results = {
         "schema": "vtpdeploy-deit-base-bench/1",
         "model": run.name,
@@ -93,13 +106,17 @@ def main(argv: list[str] | None = None) -> dict:
         "notes": notes,
         "unpruned": base_counts,
         "plans": plans,
+        "peers": {label: info for label, (_, info) in peers.items()},
         "int8": int8,
         "table": rows,
         "int8_s8_table": s8_rows,
         "latency_ms": _mean_latencies(rep_fp32, rep_int8),
         "int8_vs_fp32_unpruned_ort_b1": int8_b1,
+        "vtp40_vs_peers": peer_rows,
+        "int8_vtp40_vs_int8_deit_base": int8_pair,
+        "op_profile_ort_b1": op_profiles,
         "int8_s8_vs_fp32_unpruned_ort_b1": next((r for r in s8_rows if r["batch"] == 1), None),
-        "targets": _targets(rows, int8_b1),
+        "targets": _targets(rows, peer_rows, int8_pair),
         "profile_compare_40": _profile_compare(rows, plans, run.backends, run.batches),
         "paper_check": _paper_check(run, plans, base_counts),
         "bench": {"fp32": _slim_report(rep_fp32), "int8": _slim_report(rep_int8)},
@@ -108,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     _print(results)
+    if args.readme:
+        _write_readme(args.readme, results, " ".join(["python benchmarks/deit_base.py", *(argv or [])]))
     return results
 
 
@@ -127,6 +146,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-int8-s8", action="store_true",
                     help="skip the s8-activation (TensorRT-format) INT8 model benchmarked beside the u8 one")
     ap.add_argument("--no-none", action="store_true", help="skip the profile none vs cpu comparison at 40 %%")
+    ap.add_argument("--no-nogather", action="store_true", help="skip the cpu-nogather model at VTP-40's MACs")
+    ap.add_argument("--no-peers", action="store_true", help="skip the Torch-Pruning arms")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="rewrite the readme-numbers:deit-base block of this README with the results")
     ap.add_argument("--no-openvino", action="store_true")
     return ap.parse_args(argv)
 
@@ -169,13 +192,17 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
     from vtpdeploy.prune.compact import compact_validated
     from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 
-    variants = [("vtp20", 0.2, args.profile), ("vtp40", 0.4, args.profile)]
+    variants: list[tuple[str, float | None, str]] = [("vtp20", 0.2, args.profile), ("vtp40", 0.4, args.profile)]
     if not args.no_none:
         variants.append(("vtp40_none", 0.4, "none"))
+    if not args.no_nogather:
+        variants.append(("vtp40_nogather", None, "cpu-nogather"))  # rate: VTP-40's MACs
     plans: dict[str, dict] = {}
     models = {"deit_base": base}
     for label, rate, profile in variants:
         constraints = constraints_for(profile)
+        if rate is None:
+            rate = _rate_at_macs(gated, importance, constraints, plans["vtp40"]["macs"])
         p = vtpdeploy.plan(gated, rate, importance=importance, constraints=constraints)
         small, diff = compact_validated(gated, p, sample, atol=1e-4 if args.quick else 5e-4)
         vtpdeploy.save(small, args.out / label)
@@ -203,6 +230,53 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
     return plans, models
 
 
+def _rate_at_macs(gated, importance: str, constraints, target_macs: int, tol: float = 0.01) -> float:
+    """The rate whose compact model has `target_macs` (±tol), by bisection; the closest one tried otherwise."""
+    from vtpdeploy.prune.compact import compact
+
+    lo, hi, best = 0.05, 0.9, None
+    for _ in range(12):
+        rate = (lo + hi) / 2
+        macs = vtpdeploy.count(compact(gated, vtpdeploy.plan(gated, rate, importance=importance,
+                                                             constraints=constraints)))["macs"]
+        err = macs / target_macs - 1.0
+        if best is None or abs(err) < abs(best[1]):
+            best = (rate, err)
+        if abs(err) <= tol:
+            break
+        lo, hi = (rate, hi) if err > 0 else (lo, rate)
+    _say(f"{constraints.profile}: rate {best[0]:.4f} gives VTP-40's MACs {100 * best[1]:+.2f}%")
+    return round(best[0], 4)
+
+
+def _peer_arms(args, run, target_macs: int, notes: list[str]) -> dict[str, tuple]:
+    """Torch-Pruning's timm-ViT recipe (uniform, bottleneck) at VTP-40's MACs: {label: (model, info)}."""
+    if args.no_peers:
+        return {}
+    reason = peer_torch_pruning.missing()
+    if reason:
+        notes.append(reason)  # printed once, with the notes
+        return {}
+    arms = {}
+    for mode in ("uniform", "bottleneck"):
+        t0 = time.time()
+        model, info = peer_torch_pruning.prune_to_macs(run.name, target_macs, mode, model_kwargs=run.kwargs)
+        arms[f"tp_{mode}"] = (model, info)
+        _say(f"tp_{mode}: Torch-Pruning {info['version']} ratio {info['pruning_ratio']:.4f}, "
+             f"MACs {info['macs'] / 1e9:.3f}G ({info['macs_error_pct']:+.2f}% vs VTP-40), "
+             f"params {info['params'] / 1e6:.1f}M ({time.time() - t0:.0f}s)")
+    return arms
+
+
+def _op_profiles(args, onnx_paths: dict[str, Path]) -> dict:
+    """ONNX Runtime per-operator profile at batch 1 of DeiT-B and the VTP-40 models (and the peers)."""
+    from vtpdeploy.deploy.bench.op_profile import ort_op_profile
+
+    labels = [k for k in ("deit_base", "vtp40", "vtp40_nogather", "tp_bottleneck") if k in onnx_paths]
+    return {k: ort_op_profile(onnx_paths[k], batch=1, threads=args.threads, iters=5 if args.quick else 20)
+            for k in labels}
+
+
 def _export_all(args, models: dict, sample, base_counts: dict) -> dict[str, Path]:
     """DIR/<label>.onnx for every model (dynamic batch) with its params/MACs sidecar."""
     from vtpdeploy.deploy.export import export_onnx
@@ -218,34 +292,62 @@ def _export_all(args, models: dict, sample, base_counts: dict) -> dict[str, Path
     return onnx_paths
 
 
-def _quantize(args, run, vtp40_onnx: Path, vtp40_plan: dict, calib: np.ndarray, notes: list[str]) -> dict:
-    """VTP-40 INT8 with u8 activations (the fast U8S8 path of x86 ONNX Runtime) and, beside it for comparison,
-    s8 (TensorRT's symmetric int8 QDQ); results.json's `int8` entry."""
+def _quantize(args, run, onnx_paths: dict[str, Path], plans: dict, base_counts: dict, calib: np.ndarray,
+              notes: list[str]) -> dict:
+    """VTP-40 and DeiT-B INT8 with u8 activations (the fast U8S8 path of x86 ONNX Runtime), the same quantizer
+    and calibration for both, and, beside them for comparison, VTP-40 with s8 (TensorRT's symmetric int8 QDQ);
+    results.json's `int8` entry."""
     from vtpdeploy.deploy.export.quantize import quantize_int8
 
-    counts = {"params": vtp40_plan["params"], "macs": vtp40_plan["macs"]}
-    int8_path = args.out / "vtp40.int8.onnx"
-    s8_path = None if args.no_int8_s8 else args.out / "vtp40.int8s8.onnx"
     t0 = time.time()
-    q_settings = quantize_int8(vtp40_onnx, int8_path, calib, method="MinMax", activation_type="u8")
-    _sidecar(int8_path, counts)
+    out: dict = {}
+    vtp40_plan = plans["vtp40"]
+    arms = [("vtp40", vtp40_plan), ("deit_base", base_counts)]
+    if "vtp40_nogather" in plans:
+        arms.append(("vtp40_nogather", plans["vtp40_nogather"]))
+    for label, counts in arms:
+        path = args.out / f"{label}.int8.onnx"
+        settings = quantize_int8(onnx_paths[label], path, calib, method="MinMax", activation_type="u8")
+        _sidecar(path, {"params": counts["params"], "macs": counts["macs"]})
+        out[label] = {"path": str(path), "activations": "u8", "settings": settings}
+    s8_path = None if args.no_int8_s8 else args.out / "vtp40.int8s8.onnx"
     s8_settings = None
     if s8_path is not None:
-        s8_settings = quantize_int8(vtp40_onnx, s8_path, calib, method="MinMax", activation_type="s8")
-        _sidecar(s8_path, counts)
+        s8_settings = quantize_int8(onnx_paths["vtp40"], s8_path, calib, method="MinMax", activation_type="s8")
+        _sidecar(s8_path, {"params": vtp40_plan["params"], "macs": vtp40_plan["macs"]})
     calib_note = (f"INT8 QDQ (MinMax, per-channel symmetric int8 weights) calibrated on {run.n_calib} SYNTHETIC "
                   f"standard-normal images (seeded); no real data: accuracy of the INT8 model is not assessed")
-    act_note = ("ORT INT8 rows (vtp40.int8) use u8 activations (asymmetric uint8, `--int8-activations u8`): the "
-                "fast U8S8 path of x86 ONNX Runtime/OpenVINO CPU, NOT accepted by TensorRT"
+    act_note = ("ORT INT8 rows (vtp40.int8, deit_base.int8, vtp40_nogather.int8: same quantizer and settings) use u8 activations "
+                "(asymmetric uint8, `--int8-activations u8`): the fast U8S8 path of x86 ONNX Runtime/OpenVINO CPU, "
+                "NOT accepted by TensorRT"
                 + ("; vtp40.int8s8 = s8 activations (symmetric int8, zero point 0: the TensorRT format) for comparison"
                    if s8_path is not None else ""))
     notes += [calib_note, act_note]
-    _say(f"quantized {int8_path.name}{' + ' + s8_path.name if s8_path else ''} ({time.time() - t0:.1f}s): "
-         f"{calib_note}")
-    _say(act_note)
-    return {"path": str(int8_path), "activations": "u8", "settings": q_settings, "calibration": calib_note,
-            "note": act_note,
+    _say(f"quantized {' + '.join(k + '.int8' for k in out)}{' + ' + s8_path.name if s8_path else ''} "
+         f"({time.time() - t0:.1f}s)")
+    return {**out["vtp40"], **{k: v for k, v in out.items() if k != "vtp40"}, "calibration": calib_note, "note": act_note,
             "s8": None if s8_path is None else {"path": str(s8_path), "activations": "s8", "settings": s8_settings}}
+
+
+def _paired_ratios(rep: dict, model: str, others: list[str], precision: str) -> list[dict]:
+    """latency(other) / latency(model) per backend x batch with the paired bootstrap CI over the interleaved
+    rounds of the same run (> 1: `model` is faster)."""
+    from vtpdeploy.deploy.bench.stats import bootstrap_speedup
+
+    by = {(_label_of(r["model"]), r["backend"], r["batch"]): r for r in rep["results"]}
+    rows = []
+    for (label, backend, batch), r in sorted(by.items()):
+        if label != model:
+            continue
+        for other in others:
+            o = by.get((other, backend, batch))
+            if o is None:
+                continue
+            ratio, lo, hi = bootstrap_speedup(o["block_means_ms"], r["block_means_ms"])
+            rows.append({"model": model, "vs": other, "backend": backend, "batch": batch, "precision": precision,
+                         "ratio": round(ratio, 3), "ci": [round(lo, 3), round(hi, 3)],
+                         "faster_pct": round(100.0 * (1.0 - 1.0 / ratio), 1)})
+    return rows
 
 
 def _label_of(path: str) -> str:
@@ -285,16 +387,26 @@ def _mean_latencies(rep_fp32: dict, rep_int8: dict) -> dict[str, float]:
     return latency
 
 
-def _targets(rows: list[dict], int8_b1: dict | None) -> list[dict]:
-    """E >= 1 for VTP-20/40 fp32, and INT8+VTP-40 >= 3x the fp32 unpruned model at batch 1."""
+def _targets(rows: list[dict], peer_rows: list[dict], int8_pair: list[dict]) -> list[dict]:
+    """The issue's targets: E >= 1 for the VTP-40 models, >= 5 % faster than each Torch-Pruning arm, INT8
+    VTP-40 >= 1.7x INT8 DeiT-B and >= 3.5x fp32 DeiT-B on ORT b1."""
     targets = []
     for row in rows:
-        if row["model"] in ("vtp20", "vtp40") and row["precision"] == "fp32":
+        if row["model"] in ("vtp20", "vtp40", "vtp40_nogather") and row["precision"] == "fp32":
             targets.append({"target": f"E >= 1.0: {row['model']} {row['runtime']} b{row['batch']}",
                             "value": row["efficiency"], "passed": (row["efficiency"] or 0) >= 1.0})
-    if int8_b1 is not None:
-        targets.append({"target": "INT8+VTP-40 >= 3.0x vs fp32 unpruned, ORT b1", "value": int8_b1["speedup"],
-                        "ci": int8_b1["speedup_ci"], "activations": "u8", "passed": int8_b1["speedup"] >= 3.0})
+    for row in peer_rows:
+        targets.append({"target": f"vtp40 >= 5% faster than {row['vs']}: {row['backend']} b{row['batch']}",
+                        "value": row["faster_pct"], "ci": row["ci"], "passed": row["faster_pct"] >= 5.0})
+    for row in int8_pair:
+        if row["batch"] == 1:
+            targets.append({"target": f"INT8 VTP-40 >= 1.7x INT8 DeiT-B, ORT b1 ({row['model']})", "value": row["ratio"],
+                            "ci": row["ci"], "passed": row["ratio"] >= 1.7})
+    for row in rows:
+        if row["model"] in ("vtp40.int8", "vtp40_nogather.int8") and row["batch"] == 1:
+            targets.append({"target": f"INT8 VTP-40 >= 3.5x fp32 DeiT-B, ORT b1 ({row['model']})",
+                            "value": row["speedup"], "ci": row["speedup_ci"], "activations": "u8",
+                            "passed": row["speedup"] >= 3.5})
     return targets
 
 
@@ -349,6 +461,83 @@ def paper_explanation(plans: dict) -> str:
         "Hardware rounding is not the cause: it keeps the realised rate within 0.02% of the requested one.")
 
 
+LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 %", "vtp40_none": "VTP-40 %, paper-faithful widths (`none`)",
+          "vtp40_nogather": "VTP-40 % MACs, gather-free (`cpu-nogather`)", "tp_uniform": "Torch-Pruning uniform",
+          "tp_bottleneck": "Torch-Pruning bottleneck", "vtp40.int8": "VTP-40 % INT8 (u8 act.)",
+          "deit_base.int8": "DeiT-B INT8 (u8 act.)", "vtp40_nogather.int8": "VTP-40 % MACs gather-free INT8 (u8 act.)", "vtp40.int8s8": "VTP-40 % INT8 (s8, TensorRT format)"}
+
+
+def readme_section(res: dict, command: str) -> str:
+    """The README block: speedup tables vs fp32 DeiT-B, VTP-40 vs the peers, INT8 vs INT8, the op profile."""
+    from vtpdeploy.deploy.bench.op_profile import op_profile_table
+
+    rows = res["table"] + res.get("int8_s8_table", [])
+    cols = sorted({(r["backend"], r["batch"]) for r in res["table"] if r["precision"] == "fp32"},
+                  key=lambda c: (c[0] != "ort", c[1]))
+    counts = {**{k: v for k, v in res["plans"].items()}, **res.get("peers", {})}
+    head = " | ".join(f"{'ORT' if be == 'ort' else 'OpenVINO'} b{b}" for be, b in cols)
+    out = [f"Produced by `{command}` ({res['wall_s'] / 60:.0f} min); speedup vs fp32 DeiT-B in the same interleaved "
+           "run [95 % CI], E = speedup / MAC ratio.", "",
+           f"| model | MACs | params | {head} |", "|---" * (3 + len(cols)) + "|"]
+    out.append(f"| DeiT-B (unpruned) | {res['unpruned']['macs'] / 1e9:.2f} G | {res['unpruned']['params'] / 1e6:.1f} M | "
+               + " | ".join("1.00" for _ in cols) + " |")
+    for label in [k for k in LABELS if k in counts]:
+        cells = []
+        for be, b in cols:
+            r = next((r for r in rows if r["model"] == label and r["backend"] == be and r["batch"] == b), None)
+            cells.append("—" if r is None else
+                         f"{r['speedup']:.2f} [{r['speedup_ci'][0]:.2f}, {r['speedup_ci'][1]:.2f}] E {r['efficiency']:.2f}")
+        c = counts[label]
+        out.append(f"| {LABELS[label]} | {c['macs'] / 1e9:.2f} G | {c['params'] / 1e6:.1f} M | {' | '.join(cells)} |")
+    int8_models = [m for m in ("deit_base.int8", "vtp40.int8", "vtp40_nogather.int8", "vtp40.int8s8")
+                   if any(r["model"] == m for r in rows)]
+    int8_cols = sorted({r["batch"] for r in rows if r["precision"] == "int8"})
+    out += ["", "| INT8 on ORT (same quantizer, synthetic calibration) | "
+            + " | ".join(f"b{b} vs fp32 DeiT-B" for b in int8_cols) + " |", "|---" * (1 + len(int8_cols)) + "|"]
+    for m in int8_models:
+        cells = []
+        for b in int8_cols:
+            r = next((r for r in rows if r["model"] == m and r["batch"] == b), None)
+            cells.append("—" if r is None else f"{r['speedup']:.2f} [{r['speedup_ci'][0]:.2f}, {r['speedup_ci'][1]:.2f}]")
+        out.append(f"| {LABELS[m]} | {' | '.join(cells)} |")
+    for pair in res.get("int8_vtp40_vs_int8_deit_base", []):
+        out.append(f"| {LABELS[pair['model']]} vs DeiT-B INT8, b{pair['batch']} | **{pair['ratio']:.2f}×** "
+                   f"[{pair['ci'][0]:.2f}, {pair['ci'][1]:.2f}] |" + " |" * (len(int8_cols) - 1))
+    if res.get("vtp40_vs_peers"):
+        peers = sorted({r["vs"] for r in res["vtp40_vs_peers"]})
+        out += ["", "| VTP-40 % vs the peer at equal MACs (peer ms / VTP ms [CI]) | " + " | ".join(
+            f"{'ORT' if be == 'ort' else 'OpenVINO'} b{b}" for be, b in cols) + " |", "|---" * (1 + len(cols)) + "|"]
+        for peer in peers:
+            cells = []
+            for be, b in cols:
+                r = next((r for r in res["vtp40_vs_peers"] if r["vs"] == peer and r["backend"] == be
+                          and r["batch"] == b), None)
+                cells.append("—" if r is None else
+                             f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
+                             f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
+            out.append(f"| vs {LABELS[peer]} | {' | '.join(cells)} |")
+    if res.get("op_profile_ort_b1"):
+        out += ["", "ONNX Runtime per-operator profile, b1 (ms per inference, share of node time):", "",
+                op_profile_table(res["op_profile_ort_b1"])]
+    out += ["", "Targets: " + "; ".join(f"{'✓' if t['passed'] else '✗'} {t['target']} ({t['value']})"
+                                        for t in res["targets"])]
+    env = res.get("environment") or {}
+    record = {"wall_s": res["wall_s"], "packages": {k: v for k, v in (env.get("packages") or {}).items() if v},
+              "cpu": env.get("cpu_model"), "threads": env.get("threads"), "targets_passed": sum(t["passed"] for t in res["targets"]),
+              "targets": len(res["targets"])}
+    out.append(f"\n<!-- data: {json.dumps(record, sort_keys=True, default=str)} -->")
+    return "\n".join(out)
+
+
+def _write_readme(path: Path, res: dict, command: str) -> None:
+    from readme_numbers import replace_block
+
+    from vtpdeploy.fileio import atomic_write_text
+
+    atomic_write_text(path, replace_block(path.read_text(), "deit-base", readme_section(res, command)))
+    print(f"rewrote the deit-base block of {path}")
+
+
 def _print(res: dict) -> None:
     print()
     print(f"== {res['model']} (random init) | importance {res['importance']} | profile {res['profile']} ==")
@@ -370,6 +559,17 @@ def _print(res: dict) -> None:
         r = res["int8_s8_vs_fp32_unpruned_ort_b1"]
         print(f"INT8+VTP-40 (s8 activations, TensorRT format) vs fp32 unpruned, ORT b1: {r['speedup']:.2f}x  "
               f"CI {r['speedup_ci']}")
+    for label, info in res.get("peers", {}).items():
+        print(f"{label}: Torch-Pruning {info['version']} ({info['mode']}), ratio {info['pruning_ratio']:.4f}, "
+              f"{info['params'] / 1e6:.1f}M params, {info['macs'] / 1e9:.2f}G MACs ({info['macs_error_pct']:+.2f}% vs VTP-40)")
+    for row in res.get("vtp40_vs_peers", []) + res.get("int8_vtp40_vs_int8_deit_base", []):
+        print(f"{row['model']} vs {row['vs']} {row['backend']} b{row['batch']}: {row['ratio']:.3f}x "
+              f"CI {row['ci']} ({row['faster_pct']:+.1f}% faster)")
+    if res.get("op_profile_ort_b1"):
+        from vtpdeploy.deploy.bench.op_profile import op_profile_table
+
+        print("\nONNX Runtime per-operator profile, b1 (ms per inference, share of node time):")
+        print(op_profile_table(res["op_profile_ort_b1"]))
     for row in res["profile_compare_40"]:
         print(f"profile none vs cpu @40% {row['backend']} b{row['batch']}: E {row['E_none']} vs {row['E_cpu']} "
               f"(speedup {row['speedup_none']} vs {row['speedup_cpu']})")

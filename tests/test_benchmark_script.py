@@ -1,4 +1,4 @@
-"""benchmarks/deit_base.py --quick and benchmarks/gate_overhead.py run end to end on tiny models.
+"""benchmarks/deit_base.py, latency_planning.py --quick and gate_overhead.py run end to end on tiny models.
 
 No timing assertions: only that the scripts run, write their files and report the documented keys.
 """
@@ -26,45 +26,100 @@ def _load(name: str):
 RESULT_KEYS = {
     "schema", "model", "random_init", "quick", "importance", "profile", "notes", "unpruned", "plans", "int8",
     "table", "latency_ms", "int8_vs_fp32_unpruned_ort_b1", "targets", "profile_compare_40", "paper_check",
-    "bench", "environment", "wall_s",
+    "bench", "environment", "wall_s", "peers", "vtp40_vs_peers", "int8_vtp40_vs_int8_deit_base", "op_profile_ort_b1",
 }
+HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
 ROW_KEYS = {"model", "backend", "runtime", "precision", "batch", "speedup", "speedup_ci", "mac_ratio",
             "efficiency", "efficiency_ci"}
 PLAN_KEYS = {"profile", "requested_rate", "realised_rate", "importance", "params", "macs", "params_saved_pct",
              "macs_saved_pct", "compact_vs_mask_max_diff", "hardware_violations", "v_dims_per_head", "per_kind"}
 
 
+@pytest.mark.skipif(not HAVE_TP, reason="torch-pruning (the `bench` extra) is not installed")
 def test_deit_base_quick_writes_results(tmp_path, capsys):
     out = tmp_path / "bench"
     res = _load("deit_base").main(["--out", str(out), "--quick", "--no-openvino"])
     printed = capsys.readouterr().out
     assert "RANDOM INIT" in printed and "weight_l1" in printed and "SYNTHETIC" in printed
+    assert "per-operator profile" in printed and "| MatMul |" in printed
     data = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(data)
     assert data["random_init"] is True and data["quick"] is True and data["importance"] == "weight_l1"
-    for f in ("deit_base.onnx", "vtp20.onnx", "vtp40.onnx", "vtp40_none.onnx", "vtp40.int8.onnx",
+    for f in ("deit_base.onnx", "vtp20.onnx", "vtp40.onnx", "vtp40_none.onnx", "vtp40_nogather.onnx",
+              "tp_uniform.onnx", "tp_bottleneck.onnx", "vtp40.int8.onnx", "deit_base.int8.onnx",
               "vtp20.safetensors", "vtp20.json", "vtp40.safetensors", "vtp40.json"):
         assert (out / f).is_file(), f
-    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none"}
+    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none", "vtp40_nogather"}
     for label, p in data["plans"].items():
         assert PLAN_KEYS <= set(p)
         assert p["hardware_violations"] == []
-        assert abs(p["realised_rate"] - p["requested_rate"]) <= 0.02
         assert p["compact_vs_mask_max_diff"] <= 1e-4
+        if label != "vtp40_nogather":  # its rate is searched for VTP-40's MACs
+            assert abs(p["realised_rate"] - p["requested_rate"]) <= 0.02
     assert data["plans"]["vtp40"]["profile"] == "cpu" and data["plans"]["vtp40_none"]["profile"] == "none"
+    assert data["plans"]["vtp40_nogather"]["profile"] == "cpu-nogather"
+    vtp40_macs = data["plans"]["vtp40"]["macs"]
+    for mode in ("uniform", "bottleneck"):
+        peer = data["peers"][f"tp_{mode}"]
+        assert peer["mode"] == mode and abs(peer["macs"] / vtp40_macs - 1) <= 0.01
     rows = data["table"]
     assert rows and all(ROW_KEYS <= set(r) for r in rows)
-    # ORT fp32: vtp20, vtp40, vtp40_none at b1 and b2; ORT int8: vtp40.int8 at b1 and b2
+    fp32 = ("vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "tp_uniform", "tp_bottleneck")
     assert {(r["model"], r["precision"], r["batch"]) for r in rows} == {
-        (m, "fp32", b) for m in ("vtp20", "vtp40", "vtp40_none") for b in (1, 2)} | {
-        ("vtp40.int8", "int8", b) for b in (1, 2)}
+        (m, "fp32", b) for m in fp32 for b in (1, 2)} | {
+        (m, "int8", b) for m in ("vtp40.int8", "deit_base.int8", "vtp40_nogather.int8") for b in (1, 2)}
     for r in rows:
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["mac_ratio"], rel=1e-2)
     assert data["int8_vs_fp32_unpruned_ort_b1"]["batch"] == 1
-    assert {t["target"].split(":")[0] for t in data["targets"]} >= {"E >= 1.0", "INT8+VTP-40 >= 3.0x vs fp32 unpruned, ORT b1"}
+    assert data["int8_vs_fp32_unpruned_ort_b1"]["model"] == "vtp40.int8"
+    by = {(r["model"], r["batch"]): r for r in rows}
+    assert {(p["model"], p["batch"]) for p in data["int8_vtp40_vs_int8_deit_base"]} == {
+        (m, b) for m in ("vtp40.int8", "vtp40_nogather.int8") for b in (1, 2)}
+    for pair in data["int8_vtp40_vs_int8_deit_base"]:  # same run: ratio of the two speedups vs fp32 DeiT-B
+        expected = by[(pair["model"], pair["batch"])]["speedup"] / by[("deit_base.int8", pair["batch"])]["speedup"]
+        assert pair["ratio"] == pytest.approx(expected, rel=0.02) and pair["ci"][0] <= pair["ratio"] <= pair["ci"][1]
+    assert {(r["vs"], r["batch"]) for r in data["vtp40_vs_peers"]} == {
+        (f"tp_{m}", b) for m in ("uniform", "bottleneck") for b in (1, 2)}
+    assert set(data["op_profile_ort_b1"]) == {"deit_base", "vtp40", "vtp40_nogather", "tp_bottleneck"}
+    assert data["op_profile_ort_b1"]["vtp40"]["ops"]["MatMul"]["ms"] > 0
+    targets = {t["target"].split(":")[0] for t in data["targets"]}
+    assert {"E >= 1.0", "vtp40 >= 5% faster than tp_uniform", "vtp40 >= 5% faster than tp_bottleneck"} <= targets
+    for m in ("vtp40.int8", "vtp40_nogather.int8"):
+        assert {f"INT8 VTP-40 >= 1.7x INT8 DeiT-B, ORT b1 ({m})", f"INT8 VTP-40 >= 3.5x fp32 DeiT-B, ORT b1 ({m})"} <= targets
     assert len(data["profile_compare_40"]) == 2
     assert data["paper_check"] is None  # only for the real DeiT-B
     assert res["table"] == rows
+
+
+def test_deit_base_skips_the_peer_arm_in_one_line_without_its_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # as if the `bench` extra were not installed
+    out = tmp_path / "bench"
+    res = _load("deit_base").main(["--out", str(out), "--quick", "--no-openvino", "--no-none", "--no-nogather",
+                                   "--no-int8-s8", "--batches", "1"])
+    printed = capsys.readouterr().out
+    skip_lines = [line for line in printed.splitlines() if "Torch-Pruning arm skipped" in line]
+    assert len(skip_lines) == 1 and "bench" in skip_lines[0]
+    assert "Traceback" not in printed
+    assert res["peers"] == {} and res["vtp40_vs_peers"] == []
+    assert not (out / "tp_uniform.onnx").exists()
+    assert {r["model"] for r in res["table"]} == {"vtp20", "vtp40", "vtp40.int8", "deit_base.int8"}  # no nogather
+
+
+def test_latency_planning_quick(tmp_path, capsys):
+    out = tmp_path / "lp"
+    res = _load("latency_planning").main(["--out", str(out), "--quick", "--backends", "ort", "--targets", "1.2,0.2"])
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(res, default=str))
+    (run,) = data["runs"]
+    assert run["rounds"] == 3 and [p["keep"] for p in run["calibration"]["points"]] == [1.0, 0.7, 0.4]
+    reached = [p for p in run["plans"] if "error" not in p]
+    unreachable = [p for p in run["plans"] if "error" in p]
+    assert [p["fraction"] for p in unreachable] == [0.2]  # fixed costs: a tiny ViT cannot drop to 20 %
+    assert "not reachable" in unreachable[0]["error"] and unreachable[0]["passed"] is False
+    for p in reached:
+        assert p["measured_ms"] > 0 and p["predicted_ms"] <= p["target_table_ms"] + 1e-6
+        assert p["target_err_pct"] == pytest.approx(100 * (p["measured_ms"] - p["target_ms"]) / p["target_ms"], abs=1.0)
+    assert "| vit_tiny | ort | 20 % |" in capsys.readouterr().out
 
 
 def test_gate_overhead_smoke(tmp_path, capsys):

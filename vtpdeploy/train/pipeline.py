@@ -237,24 +237,18 @@ def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | 
     if r.prune.target_latency_ms is None:
         return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
                     constraints=constraints), None
-    from ..deploy.bench.latency_table import measure_model_ms, measure_table
-    from ..prune.compact import compact
-    from ..prune.latency_plan import latency_report, plan_for_latency
+    from ..deploy.bench.latency_table import measure_table
+    from ..deploy.bench.latency_target import RelativeMeasure, plan_to_target
+    from ..prune.latency_plan import latency_report
 
     pr = r.prune
     table = measure_table(model, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
-                          cache_dir=pr.latency_cache, progress=log)
-    p = plan_for_latency(model, pr.target_latency_ms, table, constraints, importance=pr.importance)
-    small = compact(model, p).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = None
-        if pr.latency_backend != "torch":
-            from ..deploy.export import export_onnx
-
-            onnx_path = export_onnx(small, Path(tmp) / "plan.onnx", batch=pr.latency_batch, simplify=False).path
-        measured = measure_model_ms(small, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
-                                    onnx_path=onnx_path)
-    report = latency_report(p, table, measured)
+                          cache_dir=pr.latency_cache, constraints=constraints, progress=log)
+    with RelativeMeasure(model, table, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
+                          constraints=constraints) as measure:
+        p, steps = plan_to_target(model, pr.target_latency_ms, table, constraints, pr.importance, measure=measure,
+                                  steps=pr.latency_steps, progress=log)
+    report = {**latency_report(p, table, p.thresholds.get("measured_ms")), "steps": steps}
     if log:
         log(f"prune: latency-guided plan, target {pr.target_latency_ms} ms, report {report}")
     return p, report

@@ -80,6 +80,8 @@ class PruneSection(Section):
                                                                      "(rate is then ignored)")
     latency_backend: Literal["torch", "ort", "openvino"] = "ort"
     latency_batch: int = Field(1, gt=0)
+    latency_steps: int = Field(3, ge=1, le=10, description="latency-guided plan: measure-and-correct steps "
+                               "(1 = trust the table)")
     latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
 
     @model_serializer(mode="wrap")

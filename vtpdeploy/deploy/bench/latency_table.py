@@ -19,14 +19,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ...console import package_versions
 from ...errors import VtpError
-from ...prune.latency_plan import Grid, LatencyTable
+from ...prune.latency_plan import Calibration, Grid, LatencyTable
 from ...prune.sites import read_dims
 from ..export.onnx_export import export_onnx
 from .environment import cpu_model
@@ -34,6 +34,8 @@ from . import loop
 
 MeasureFn = Callable[[str, tuple[int, ...], dict], float]
 WARMUP_S = 0.05  # time-based warm-up per table entry (the bench loop's; a table has ~50 entries)
+BLOCK_ITERS = 5  # calls per entry per round: the first call after another session pays for its idle threads
+CALIBRATION_KEEPS = (1.0, 0.7, 0.4)  # whole models (fraction of every gate kept) that calibrate the part sum
 
 
 def default_cache_dir() -> Path:
@@ -151,32 +153,20 @@ def part_module(part: str, widths: tuple[int, ...], dims: dict, model=None):
     raise VtpError(f"unknown latency part {part!r}")
 
 
-def _input(part: str, dims: dict, batch: int) -> np.ndarray:
+def sample_input(part: str, dims: dict, batch: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     if part == "stem":
         return rng.standard_normal((batch, dims["in_chans"], *dims["img_size"]), dtype=np.float32)
     return rng.standard_normal((batch, dims["tokens"], dims["embed_dim"]), dtype=np.float32)
 
 
-def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int | None = None,
-                   iters: int = 20, warmup: int = 3, model=None, warmup_s: float = WARMUP_S) -> MeasureFn:
-    """The default measure function: build the part, load it in a vtpdeploy runner, median ms.
-
-    Non-torch backends run the part exported by the one exporter (`export_onnx`, checker only: the
-    graph is only timed); timing is the bench loop's (`warmup_s` and at least `warmup` calls first).
-    """
-
-    def measure_part(part: str, widths: tuple[int, ...], dims: dict) -> float:
-        module = part_module(part, widths, dims, model)
-        x = _input(part, dims, batch)
-        if backend == "torch":
-            return _median_ms(backend, module, x, device, threads, iters, warmup, warmup_s)
-        with tempfile.TemporaryDirectory(prefix="vtp-lat-") as tmp:
-            artifact = Path(tmp) / "part.onnx"
-            export_onnx(module, artifact, batch=batch, sample=x, validate=False)
-            return _median_ms(backend, artifact, x, device, threads, iters, warmup, warmup_s)
-
-    return measure_part
+def timed_artifact(backend: str, module, x: np.ndarray, path: Path):
+    """What the runner loads: the module itself for torch, else its ONNX from the one exporter (checker
+    only: the graph is only timed)."""
+    if backend == "torch":
+        return module
+    export_onnx(module, path, batch=x.shape[0], sample=x, validate=False)
+    return path
 
 
 def _median_ms(backend: str, artifact, x: np.ndarray, device: str, threads: int | None, iters: int,
@@ -191,6 +181,65 @@ def _median_ms(backend: str, artifact, x: np.ndarray, device: str, threads: int 
     return float(np.median(slot.latencies_ms))
 
 
+def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int | None = None,
+                   iters: int = 20, warmup: int = 3, model=None, warmup_s: float = WARMUP_S) -> MeasureFn:
+    """One part at a time through a vtpdeploy runner, median ms (for a custom harness; `measure_table`
+    itself measures all entries interleaved)."""
+
+    def measure_part(part: str, widths: tuple[int, ...], dims: dict) -> float:
+        module = part_module(part, widths, dims, model)
+        x = sample_input(part, dims, batch)
+        with tempfile.TemporaryDirectory(prefix="vtp-lat-") as tmp:
+            artifact = timed_artifact(backend, module, x, Path(tmp) / "part.onnx")
+            return _median_ms(backend, artifact, x, device, threads, iters, warmup, warmup_s)
+
+    return measure_part
+
+
+def measure_interleaved(entries: list[tuple[str, object, np.ndarray]], backend: str, *, device: str = "cpu",
+                        threads: int | None = None, rounds: int = 15, block_iters: int = BLOCK_ITERS,
+                        warmup_s: float = WARMUP_S) -> list[tuple[float, float]]:
+    """(median ms, spread %) per (label, artifact, input): every entry loaded at once and timed in the
+    bench loop's interleaved rounds (`block_iters` calls per entry per round), so load changes hit all
+    entries alike. Spread = IQR of an entry's calls / their median.
+
+    ONNX Runtime sessions run without thread spinning here: with ~50 sessions alive, the spinning
+    threads of the ones just run made the next one ~3x slower on 2 cores; a session timed alone is as
+    fast without spinning (DeiT-S part and whole model, measured)."""
+    from contextlib import ExitStack
+
+    from ..runners import make_runner
+
+    options = {"spinning": False} if backend == "ort" else {}
+    with ExitStack() as stack:
+        slots = [loop.Slot(label, stack.enter_context(make_runner(backend, art, device=device, threads=threads,
+                                                                  **options)), x)
+                 for label, art, x in entries]
+        loop.warmup(slots, warmup_s, min_iters=3)
+        loop.measure(slots, duration_s=None, iters=rounds * block_iters, block_iters=block_iters)
+    out = []
+    for slot in slots:
+        q25, q50, q75 = np.percentile(slot.latencies_ms, [25, 50, 75])
+        out.append((float(q50), float(100.0 * (q75 - q25) / q50)))
+    return out
+
+
+def _calibration_models(model, keeps: Sequence[float], constraints):
+    """(keep, compact model, its BlockWidths) for each whole model the table is calibrated on."""
+    import copy
+
+    from ...prune.compact import compact, widths_from_plan
+    from ...prune.gates import add_gates, iter_gates
+    from ...prune.latency_plan import ladder_plan
+
+    gated = model if any(True for _ in iter_gates(model)) else add_gates(copy.deepcopy(model))
+    out = []
+    for keep in keeps:
+        p = ladder_plan(gated, keep, constraints, importance="weight_l1")
+        out.append((keep, compact(gated, p).eval(), widths_from_plan(p)))
+    return out
+
+
 def measure_table(
     model,
     backend: str = "torch",
@@ -203,16 +252,23 @@ def measure_table(
     refresh: bool = False,
     measure_fn: MeasureFn | None = None,
     device_label: str | None = None,
-    iters: int = 20,
+    iters: int = 15,
+    constraints=None,
+    calibrate: Sequence[float] = CALIBRATION_KEEPS,
     progress: Callable[[str], None] | None = None,
 ) -> LatencyTable:
     """The latency table of `model`'s shape on this device/backend: from the cache, else measured.
 
-    `measure_fn(part, widths, dims) -> ms` replaces the runner-based measurement (tests, custom
-    harnesses); `device_label` overrides the detected CPU/GPU name in the cache key.
+    Every grid entry, the stem and the calibration models (whole compact models keeping each fraction in
+    `calibrate` of every gate under `constraints`) are measured interleaved for `iters` rounds with the
+    runner and `threads` the final model gets; the table stores medians, their spread and the fitted
+    `Calibration`. `measure_fn(part, widths, dims) -> ms` replaces the runner (tests, custom harnesses;
+    part "model" gets a tuple of BlockWidths); `device_label` overrides the detected device name.
     """
     dims = model_dims(model)
     key = table_key(dims, backend, batch, device, threads, points, device_label)
+    key.update(rounds=int(iters), calibration_keeps=[float(k) for k in calibrate],
+               profile=getattr(constraints, "profile", "none"))
     path = cache_path(key, cache_dir)
     if path.is_file() and not refresh:
         try:
@@ -221,30 +277,50 @@ def measure_table(
                 return table
         except VtpError:
             pass  # unreadable cache entry: re-measure and overwrite
-    fn = measure_fn or runner_measure(backend, batch, device, threads, iters=iters, model=model)
     say = progress or (lambda msg: None)
     grid = default_grid(dims, points)
-    n = 0
+    parts: list[tuple[str, tuple[int, ...]]] = [("attn", (x, y)) for x in grid["attn"][0] for y in grid["attn"][1]]
+    parts += [("mlp", (x, y)) for x in grid["mlp"][0] for y in grid["mlp"][1]] + [("stem", ())]
+    calib = _calibration_models(model, calibrate, constraints)
+    spreads: list[float] = []
+    if measure_fn is not None:
+        values = [float(measure_fn(part, w, dims)) for part, w in parts]
+        whole = [float(measure_fn("model", tuple(widths), dims)) for _, _, widths in calib]
+        whole_spread: list[float | None] = [None] * len(calib)
+    else:
+        say(f"latency table: {len(parts)} parts + {len(calib)} whole models on {backend}, {iters} interleaved rounds")
+        with tempfile.TemporaryDirectory(prefix="vtp-lat-") as tmp:
+            entries = []
+            for i, (part, w) in enumerate(parts):
+                x = sample_input(part, dims, batch)
+                module = part_module(part, w, dims, model)
+                entries.append((f"{part}{w}", timed_artifact(backend, module, x, Path(tmp) / f"p{i}.onnx"), x))
+            x = sample_input("stem", dims, batch)
+            for keep, small, _ in calib:
+                entries.append((f"model@{keep}", timed_artifact(backend, small, x, Path(tmp) / f"m{keep}.onnx"), x))
+            measured = measure_interleaved(entries, backend, device=device, threads=threads, rounds=iters)
+        values = [m for m, _ in measured[:len(parts)]]
+        whole = [m for m, _ in measured[len(parts):]]
+        whole_spread = [round(sp, 2) for _, sp in measured[len(parts):]]
+        spreads = [sp for _, sp in measured]
+    it = iter(values)
 
-    def grid_ms(part: str) -> Grid:
-        nonlocal n
+    def grid_of(part: str) -> Grid:
         a, b = grid[part]
-        ms = []
-        for x in a:
-            row = []
-            for y in b:
-                row.append(float(fn(part, (x, y), dims)))
-                n += 1
-            ms.append(row)
-            say(f"latency table {part}: {x} done")
-        return Grid(a=a, b=b, ms=ms)
+        return Grid(a=a, b=b, ms=[[next(it) for _ in b] for _ in a])
 
-    attn, mlp = grid_ms("attn"), grid_ms("mlp")
-    stem = float(fn("stem", (), dims))
-    n += 1
+    attn, mlp = grid_of("attn"), grid_of("mlp")
+    stem = next(it)
     table = LatencyTable(key=key, depth=dims["depth"], num_heads=dims["num_heads"], head_dim=dims["head_dim"],
-                         attn=attn, mlp=mlp, stem_ms=stem, measurements=n,
+                         attn=attn, mlp=mlp, stem_ms=stem, measurements=len(parts) + len(calib), rounds=int(iters),
+                         spread_pct=round(float(np.median(spreads)), 2) if spreads else None,
                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if calib:
+        points_ = [{"keep": keep, "part_sum_ms": table.part_sum_widths(widths), "measured_ms": ms,
+                    "spread_pct": sp} for (keep, _, widths), ms, sp in zip(calib, whole, whole_spread)]
+        table.calibration = Calibration.fit(points_)
+        say(f"latency table: calibration scale {table.calibration.scale:.3f}, offset "
+            f"{table.calibration.offset_ms:.2f} ms, max residual {table.calibration.max_residual_pct}%")
     table.save(path)
     return table
 
@@ -254,7 +330,7 @@ def measure_model_ms(model, backend: str = "torch", batch: int = 1, device: str 
                      warmup_s: float = WARMUP_S) -> float:
     """Median latency of a whole model (torch module, or `onnx_path` for ort/openvino)."""
     dims = model_dims(model)
-    x = _input("stem", dims, batch)
+    x = sample_input("stem", dims, batch)
     artifact = model.eval() if backend == "torch" else onnx_path
     if artifact is None:
         raise VtpError(f"measure_model_ms: backend {backend!r} needs onnx_path")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..runners.base import Runner
 
-_CODES = string.ascii_uppercase + string.ascii_lowercase
+_CODES = string.ascii_uppercase + string.ascii_lowercase + string.digits
 
 
 @dataclass

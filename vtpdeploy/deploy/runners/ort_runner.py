@@ -42,7 +42,8 @@ def providers_for(device: str) -> tuple[str, list]:
 class OrtRunner(Runner):
     backend = "ort"
 
-    def __init__(self, artifact: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, artifact: str | Path, device: str = "cpu", threads: int | None = None,
+                 profile_prefix: str | None = None, spinning: bool = True):
         super().__init__(artifact, device, threads)
         import onnxruntime as ort
 
@@ -56,6 +57,14 @@ class OrtRunner(Runner):
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spinning:
+            # many sessions timed in turn: idle spinning threads of one slow the next ~3x on 2 cores
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if profile_prefix:
+            # on the same options as timing, so the per-op profile sees the same threads and graph
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile_prefix)
         try:
             self.session = ort.InferenceSession(str(artifact), sess_options=opts, providers=providers)
         except Exception as exc:
@@ -76,3 +85,7 @@ class OrtRunner(Runner):
     def infer(self, x: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self._dtype)})[0]
         return out.astype(np.float32, copy=False)
+
+    def end_profiling(self) -> str:
+        """Stop profiling (needs `profile_prefix`) and return the path of ORT's chrome-trace JSON."""
+        return self.session.end_profiling()

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Does latency-guided planning hit its target? The probe of the latency-planning issue, as a user runs it.
+
+    python benchmarks/latency_planning.py --out runs/latplan              # DeiT-S + DeiT-B, ORT + OpenVINO b1
+    python benchmarks/latency_planning.py --out /tmp/lp --quick           # tiny ViT smoke run (tests)
+
+Per model x backend: measure a latency table (interleaved rounds, calibrated on whole models, same threads
+as the final model), plan for targets of 50 / 65 / 80 % of the table's measured unpruned latency
+(`weight_l1` importance on random-init weights, `--profile cpu`) with the closed loop of
+`deploy.bench.latency_target` (plan, measure the compact model, correct, re-plan: `--steps`), export each
+final plan with the one exporter (batch 1, static, as the table's parts), and benchmark them interleaved against the unpruned model in one run.
+Reports the final plan's prediction (made before it was measured) vs its measurement (`pred_err`, with the
+prediction scaled by the drift of the unpruned model between the table and the final run; `pred_err_raw_pct`
+in results.json without), the table-only prediction error of the first step, and measured vs target
+(`target_err`, target = fraction x the unpruned latency measured in that same final run). Writes
+DIR/results.json; prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vtpdeploy
+
+QUICK_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=10)
+PRED_TOL = 10.0  # |predicted - measured| / measured, %
+TARGET_BAND = (-15.0, 10.0)  # (measured - target) / target, %
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    runs = []
+    for name in args.models.split(","):
+        for backend in args.backends.split(","):
+            runs.append(_probe(args, name, backend))
+    rows = [row for run in runs for row in run["plans"]]
+    results = {
+        "schema": "vtpdeploy-latency-planning/1",
+        "random_init": True,
+        "importance": "weight_l1",
+        "profile": args.profile,
+        "threads": args.threads,
+        "targets": [float(t) for t in args.targets.split(",")],
+        "criteria": {"pred_err_pct_abs_max": PRED_TOL, "target_err_pct_band": list(TARGET_BAND)},
+        "runs": runs,
+        "all_passed": all(r["passed"] for r in rows),
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    from vtpdeploy.fileio import atomic_write_text
+
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=1, default=str))
+    _say("")
+    _say(markdown_table(results))
+    if args.doc:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from readme_numbers import replace_block
+
+        command = " ".join(["python benchmarks/latency_planning.py", *(argv or [])])
+        body = (f"Produced by `{command}` ({results['wall_s'] / 60:.0f} min, {args.threads} threads, random init, "
+                f"`weight_l1`, profile `{args.profile}`); ✗ marks a miss of |pred err| ≤ {PRED_TOL:.0f} % or "
+                f"{TARGET_BAND[0]:+.0f} % ≤ vs target ≤ {TARGET_BAND[1]:+.0f} %.\n\n" + markdown_table(results)
+                + f"\n\n<!-- data: {json.dumps({'all_passed': results['all_passed'], 'wall_s': results['wall_s']})} -->")
+        atomic_write_text(args.doc, replace_block(args.doc.read_text(), "latency-planning", body))
+        _say(f"rewrote the latency-planning block of {args.doc}")
+    return results
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--quick", action="store_true", help="tiny ViT, few rounds (smoke test)")
+    ap.add_argument("--models", default=None, help="timm names (default deit_small_patch16_224,deit_base_patch16_224)")
+    ap.add_argument("--backends", default="ort,openvino")
+    ap.add_argument("--targets", default="0.5,0.65,0.8", help="fractions of the unpruned latency")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the table (default 15)")
+    ap.add_argument("--steps", type=int, default=3, help="measure-and-correct steps per plan (1 = table only)")
+    ap.add_argument("--duration-s", type=float, default=None, help="timed seconds per model in the final run")
+    ap.add_argument("--doc", type=Path, default=None,
+                    help="rewrite the readme-numbers:latency-planning block of this Markdown file with the table")
+    args = ap.parse_args(argv)
+    args.models = args.models or ("vit_tiny_patch16_224" if args.quick else
+                                  "deit_small_patch16_224,deit_base_patch16_224")
+    args.rounds = args.rounds or (3 if args.quick else 15)
+    args.duration_s = args.duration_s or (0.3 if args.quick else 5.0)
+    return args
+
+
+def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
+    """Table, three plans, one interleaved run of plans vs the unpruned model."""
+    import timm
+
+    from vtpdeploy import PlanError
+    from vtpdeploy.deploy.bench import run_bench
+    from vtpdeploy.deploy.bench.latency_table import measure_table
+    from vtpdeploy.deploy.bench.latency_target import RelativeMeasure, plan_to_target
+    from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.prune.compact import compact_validated
+    from vtpdeploy.prune.profiles import constraints_for
+
+    out = args.out / f"{name}-{backend}"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    base = timm.create_model(name, pretrained=False, **(QUICK_KW if args.quick else {})).eval()
+    gated = vtpdeploy.add_gates(copy.deepcopy(base)).eval()
+    c = constraints_for(args.profile)
+    t0 = time.time()
+    table = measure_table(gated, backend, batch=1, threads=args.threads, constraints=c, iters=args.rounds,
+                          cache_dir=out / "table", refresh=True, progress=_say)
+    table_s = round(time.time() - t0, 1)
+    unpruned_table_ms = next(p["measured_ms"] for p in table.calibration.points if p["keep"] == 1.0)
+    _say(f"{name} {backend}: table in {table_s}s, unpruned {unpruned_table_ms:.2f} ms, spread {table.spread_pct}%, "
+         f"calibration x{table.calibration.scale:.3f} {table.calibration.offset_ms:+.2f} ms")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(
+        (2, 3, *base.patch_embed.img_size), dtype=np.float32))
+    # batch 1, static: the same graphs as the table parts and the closed loop timed
+    base_path = export_onnx(base, out / "unpruned.onnx", batch=1, sample=x, atol=1e-3).path
+    with RelativeMeasure(gated, table, backend, threads=args.threads, constraints=c,
+                          rounds=3 if args.quick else 6) as measure:
+        planned, unreachable = [], []
+        for fraction in (float(f) for f in args.targets.split(",")):
+            target_ms = fraction * unpruned_table_ms
+            try:
+                p, steps = plan_to_target(gated, target_ms, table, c, "weight_l1", measure=measure, steps=args.steps,
+                                          progress=_say)
+            except PlanError as exc:
+                _say(f"{name} {backend} {fraction}: {exc}")
+                unreachable.append({"fraction": fraction, "target_table_ms": round(target_ms, 3), "error": str(exc),
+                                    "passed": False, "model": name, "backend": backend})
+                continue
+            small, _ = compact_validated(gated, p, x, atol=1e-4 if args.quick else 5e-4)
+            path = export_onnx(small, out / f"plan{round(100 * fraction)}.onnx", batch=1, sample=x, atol=1e-3).path
+            planned.append({"fraction": fraction, "target_table_ms": target_ms, "predicted_ms": p.thresholds["predicted_ms"],
+                            "table_predicted_ms": round(p.thresholds["table_predicted_ms"], 3), "steps": steps,
+                            "first_step_err_pct": round(100 * (steps[0]["predicted_ms"] - steps[0]["measured_ms"])
+                                                        / steps[0]["measured_ms"], 1),
+                            "realised_rate": round(p.realised_rate, 4), "macs": vtpdeploy.count(small)["macs"],
+                            "path": str(path)})
+    if not planned:
+        return {"model": name, "backend": backend, "table_s": table_s, "plans": unreachable}
+    rep = run_bench([p["path"] for p in planned], backend=backend, batches=[1], baseline=str(base_path),
+                    warmup_s=0.1 if args.quick else 1.0, duration_s=args.duration_s, threads=args.threads)
+    p50 = {Path(r["model"]).name: r["latency_ms"]["p50"] for r in rep["results"]}
+    unpruned_ms = p50[Path(base_path).name]
+    for p in planned:
+        measured = p50[Path(p["path"]).name]
+        target = p["fraction"] * unpruned_ms
+        drift = unpruned_ms / unpruned_table_ms  # the machine's speed now vs while the table was measured
+        p.update(measured_ms=round(measured, 3), target_ms=round(target, 3),
+                 pred_err_raw_pct=round(100 * (p["predicted_ms"] - measured) / measured, 1),
+                 pred_err_pct=round(100 * (p["predicted_ms"] * drift - measured) / measured, 1),
+                 target_err_pct=round(100 * (measured - target) / target, 1),
+                 predicted_ms=round(p["predicted_ms"], 3), target_table_ms=round(p["target_table_ms"], 3))
+        p["passed"] = abs(p["pred_err_pct"]) <= PRED_TOL and TARGET_BAND[0] <= p["target_err_pct"] <= TARGET_BAND[1]
+        p.update(model=name, backend=backend)
+    return {"model": name, "backend": backend, "table_s": table_s, "table_spread_pct": table.spread_pct,
+            "rounds": table.rounds, "calibration": table.calibration.model_dump(),
+            "unpruned_table_ms": round(unpruned_table_ms, 3), "unpruned_ms": round(unpruned_ms, 3),
+            "unpruned_drift_pct": round(100 * (unpruned_ms - unpruned_table_ms) / unpruned_table_ms, 1),
+            "plans": planned + unreachable, "environment": rep.get("environment")}
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| model | backend | target | unpruned ms (drift) | target ms | predicted ms | measured ms | pred err | "
+             "vs target | rate | steps (table-only pred err) | table spread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for p in run["plans"]:
+            if "error" in p:
+                lines.append(f"| {run['model'].removesuffix('_patch16_224')} | {run['backend']} | "
+                             f"{round(100 * p['fraction'])} % | | {p['target_table_ms']:.1f} | not reachable ✗ "
+                             "| | | | | | |")
+                continue
+            mark = "" if p["passed"] else " ✗"
+            lines.append(f"| {run['model'].removesuffix('_patch16_224')} | {run['backend']} | {round(100 * p['fraction'])} % "
+                         f"| {run['unpruned_ms']:.1f} ({run['unpruned_drift_pct']:+.0f} %) | {p['target_ms']:.1f} | {p['predicted_ms']:.1f} | "
+                         f"{p['measured_ms']:.1f} | {p['pred_err_pct']:+.1f} % | {p['target_err_pct']:+.1f} %{mark} | "
+                         f"{p['realised_rate']:.2f} | {len(p['steps'])} ({p['first_step_err_pct']:+.1f} %) | "
+                         f"{run['table_spread_pct']} % |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""ONNX Runtime per-op profile: the runner's profiling switch, the trace parsing and the side-by-side table."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_vit
+
+from vtpdeploy.deploy.bench import op_profile
+from vtpdeploy.deploy.bench.op_profile import op_profile_table, ort_op_profile
+from vtpdeploy.deploy.runners.ort_runner import OrtRunner
+from vtpdeploy.errors import VtpError
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    from vtpdeploy.deploy.export import export_onnx
+
+    path = tmp_path_factory.mktemp("op_profile") / "tiny.dyn.onnx"
+    export_onnx(tiny_vit(), path, dynamic_batch=True, openvino=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ort_graph_ops(tiny_onnx, tmp_path_factory) -> collections.Counter:
+    """Op types of the graph ORT actually runs (after its CPU optimizations), with node counts."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp_path_factory.mktemp("op_profile_opt") / "opt.onnx")
+    ort.InferenceSession(str(tiny_onnx), sess_options=opts, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def test_runner_writes_a_profile_on_end_profiling(tiny_onnx, tmp_path):
+    runner = OrtRunner(tiny_onnx, threads=1, profile_prefix=str(tmp_path / "prof"))
+    runner.infer(np.zeros((1, 3, 32, 32), np.float32))
+    path = Path(runner.end_profiling())
+    assert path.is_file() and path.parent == tmp_path and path.name.startswith("prof")
+    events = json.loads(path.read_text())
+    assert any(e.get("cat") == "Session" and e.get("name") == "model_run" for e in events)
+    assert any(e.get("cat") == "Node" and e["name"].endswith("_kernel_time") for e in events)
+
+
+def test_runner_without_profile_prefix_writes_nothing(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ORT's default profile prefix is relative to the working dir
+    runner = OrtRunner(tiny_onnx, threads=1)
+    runner.infer(np.zeros((1, 3, 32, 32), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_op_profile_sums_and_matches_the_graph_ort_runs(tiny_onnx, ort_graph_ops, batch):
+    prof = ort_op_profile(tiny_onnx, batch=batch, threads=1, iters=4, warmup=2)
+    assert (prof["model"], prof["batch"], prof["threads"], prof["iters"]) == (str(tiny_onnx), batch, 1, 4)
+    ops = prof["ops"]
+    assert ops["MatMul"]["ms"] > 0
+    assert set(ops) <= set(ort_graph_ops)
+    for op, row in ops.items():
+        assert isinstance(row["nodes"], int) and row["nodes"] > 0
+        assert row["nodes"] == ort_graph_ops[op]  # every node of a ViT runs once per inference
+    assert abs(sum(row["share"] for row in ops.values()) - 1.0) <= 1e-6
+    assert abs(prof["total_ms"] - sum(row["ms"] for row in ops.values())) <= 1e-6 * prof["total_ms"]
+    ms = [row["ms"] for row in ops.values()]
+    assert ms == sorted(ms, reverse=True)
+
+
+def test_op_profile_drops_the_warmup_runs(tiny_onnx, monkeypatch):
+    """Only the last `iters` model_run windows count: a slow fake warm-up kernel must not show up."""
+    real = op_profile._per_op
+
+    def with_slow_warmup(events, iters, path):
+        first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+        slow = {"cat": "Node", "name": "warm_kernel_time", "ts": first["ts"], "dur": 10**9,
+                "args": {"op_name": "WarmupOnly", "node_index": "0"}}
+        return real(events + [slow], iters, path)
+
+    monkeypatch.setattr(op_profile, "_per_op", with_slow_warmup)
+    prof = ort_op_profile(tiny_onnx, threads=1, iters=2, warmup=1)
+    assert "WarmupOnly" not in prof["ops"] and prof["total_ms"] < 1000
+
+
+def test_other_dynamic_dims_are_an_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(VtpError, match=r"symbolic input dims besides the batch: n \(dim 1\)"):
+        ort_op_profile(path, iters=1, warmup=0)
+
+
+def test_fixed_batch_mismatch_is_an_error(tmp_path):
+    from vtpdeploy.deploy.export import export_onnx
+
+    path = tmp_path / "tiny.b1.onnx"
+    export_onnx(tiny_vit(), path, batch=1, openvino=False, validate=False)
+    with pytest.raises(VtpError, match="fixed batch of 1"):
+        ort_op_profile(path, batch=2, iters=1, warmup=0)
+
+
+def _prof(total: float, ops: dict[str, float]) -> dict:
+    return {"model": "m.onnx", "batch": 1, "threads": 1, "iters": 1, "total_ms": total,
+            "ops": {op: {"ms": ms, "share": ms / total, "nodes": 1} for op, ms in ops.items()}}
+
+
+def test_op_profile_table():
+    unpruned = _prof(10.0, {"MatMul": 6.0, "Softmax": 2.0, "LayerNormalization": 1.0, "Add": 0.9, "Reshape": 0.1})
+    pruned = _prof(6.0, {"MatMul": 3.0, "Softmax": 1.0, "Gather": 0.5, "Add": 0.45, "Split": 0.05})
+    table = op_profile_table({"unpruned": unpruned, "pruned": pruned}, top=2)
+    lines = table.splitlines()
+    assert lines[0] == "| op | unpruned | pruned |"
+    assert lines[1] == "|---|---:|---:|"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    # the top 2 of each profile, plus Gather and Split although small; not LayerNormalization, Add, Reshape
+    assert list(rows) == ["MatMul", "Softmax", "Gather", "Split", "total"]
+    assert rows["MatMul"] == "| MatMul | 6.000 (60.0%) | 3.000 (50.0%) |"
+    assert rows["Gather"] == "| Gather | — | 0.500 (8.3%) |"
+    assert rows["total"] == "| total | 10.000 (100.0%) | 6.000 (100.0%) |"
+
+
+def test_op_profile_table_of_a_real_profile(tiny_onnx):
+    prof = ort_op_profile(tiny_onnx, threads=1, iters=2, warmup=1)
+    table = op_profile_table({"tiny": prof}, top=3)
+    assert table.startswith("| op | tiny |")
+    for op in list(prof["ops"])[:3]:
+        assert f"| {op} |" in table
+    if "Gather" in prof["ops"]:
+        assert "| Gather |" in table
