@@ -151,7 +151,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--readme", type=Path, default=None,
                     help="rewrite the readme-numbers:deit-base block of this README with the results")
     ap.add_argument("--no-openvino", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.readme and "<!-- readme-numbers:deit-base:start -->" not in (
+            args.readme.read_text() if args.readme.is_file() else ""):
+        ap.error(f"--readme {args.readme}: no readme-numbers:deit-base block to rewrite")
+    return args
 
 
 def _settings(args: argparse.Namespace) -> SimpleNamespace:

@@ -94,11 +94,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--doc", type=Path, default=None,
                     help="rewrite the readme-numbers:latency-planning block of this Markdown file with the table")
     args = ap.parse_args(argv)
+    try:
+        fractions = [float(t) for t in args.targets.split(",")]
+    except ValueError:
+        ap.error(f"--targets: comma-separated fractions of the unpruned latency, got {args.targets!r}")
+    if not all(0 < f <= 2 for f in fractions):
+        ap.error(f"--targets: each fraction must be in (0, 2], got {args.targets!r}")
+    unknown = set(args.backends.split(",")) - {"torch", "ort", "openvino"}
+    if unknown:
+        ap.error(f"--backends: unknown {', '.join(sorted(unknown))} (choose from torch, ort, openvino)")
+    if args.doc and "<!-- readme-numbers:latency-planning:start -->" not in _read(args.doc):
+        ap.error(f"--doc {args.doc}: no readme-numbers:latency-planning block to rewrite")
     args.models = args.models or ("vit_tiny_patch16_224" if args.quick else
                                   "deit_small_patch16_224,deit_base_patch16_224")
     args.rounds = args.rounds or (3 if args.quick else 15)
     args.duration_s = args.duration_s or (0.3 if args.quick else 5.0)
     return args
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:

@@ -131,3 +131,17 @@ def test_gate_overhead_smoke(tmp_path, capsys):
         assert r["ratio"] > 0 and len(r["ci95"]) == 2
     assert json.loads(out.read_text())["model"] == "vit_tiny_patch16_224"
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("latency_planning", ["--targets", "half"]),
+    ("latency_planning", ["--targets", "0"]),
+    ("latency_planning", ["--backends", "trt"]),
+    ("deit_base", ["--readme", "no-such-readme.md"]),
+])
+def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys, script, argv):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        _load(script).main(["--out", str(out), "--quick", *argv])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err and not out.exists()

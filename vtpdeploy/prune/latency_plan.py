@@ -273,7 +273,8 @@ def ladder_plan(model: nn.Module, keep: float, constraints: WidthConstraints | N
 
 
 def predicted_ms(plan: PrunePlan, table: LatencyTable) -> float:
-    return table.predict_plan(plan)
+    """The table's prediction for `plan`, times the correction it was planned with."""
+    return table.predict_plan(plan) * float(plan.thresholds.get("correction", 1.0))
 
 
 def kept_importance(plan: PrunePlan, scores: dict[tuple[int, str], torch.Tensor]) -> float:
@@ -282,7 +283,7 @@ def kept_importance(plan: PrunePlan, scores: dict[tuple[int, str], torch.Tensor]
 
 def latency_report(plan: PrunePlan, table: LatencyTable, measured_ms: float | None) -> dict:
     """Predicted (corrected, as planned) vs measured latency for a latency-guided plan."""
-    pred = table.predict_plan(plan) * float(plan.thresholds.get("correction", 1.0))
+    pred = predicted_ms(plan, table)
     return {
         "target_ms": plan.thresholds.get("target_ms"),
         "predicted_ms": round(pred, 4),

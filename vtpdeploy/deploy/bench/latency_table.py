@@ -224,7 +224,7 @@ def measure_interleaved(entries: list[tuple[str, object, np.ndarray]], backend: 
     return out
 
 
-def _calibration_models(model, keeps: Sequence[float], constraints):
+def calibration_models(model, keeps: Sequence[float], constraints):
     """(keep, compact model, its BlockWidths) for each whole model the table is calibrated on."""
     import copy
 
@@ -232,7 +232,7 @@ def _calibration_models(model, keeps: Sequence[float], constraints):
     from ...prune.gates import add_gates, iter_gates
     from ...prune.latency_plan import ladder_plan
 
-    gated = model if any(True for _ in iter_gates(model)) else add_gates(copy.deepcopy(model))
+    gated = model if next(iter_gates(model), None) is not None else add_gates(copy.deepcopy(model))
     out = []
     for keep in keeps:
         p = ladder_plan(gated, keep, constraints, importance="weight_l1")
@@ -281,7 +281,7 @@ def measure_table(
     grid = default_grid(dims, points)
     parts: list[tuple[str, tuple[int, ...]]] = [("attn", (x, y)) for x in grid["attn"][0] for y in grid["attn"][1]]
     parts += [("mlp", (x, y)) for x in grid["mlp"][0] for y in grid["mlp"][1]] + [("stem", ())]
-    calib = _calibration_models(model, calibrate, constraints)
+    calib = calibration_models(model, calibrate, constraints)
     spreads: list[float] = []
     if measure_fn is not None:
         values = [float(measure_fn(part, w, dims)) for part, w in parts]
@@ -323,15 +323,3 @@ def measure_table(
             f"{table.calibration.offset_ms:.2f} ms, max residual {table.calibration.max_residual_pct}%")
     table.save(path)
     return table
-
-
-def measure_model_ms(model, backend: str = "torch", batch: int = 1, device: str = "cpu",
-                     threads: int | None = None, iters: int = 20, onnx_path: str | Path | None = None,
-                     warmup_s: float = WARMUP_S) -> float:
-    """Median latency of a whole model (torch module, or `onnx_path` for ort/openvino)."""
-    dims = model_dims(model)
-    x = sample_input("stem", dims, batch)
-    artifact = model.eval() if backend == "torch" else onnx_path
-    if artifact is None:
-        raise VtpError(f"measure_model_ms: backend {backend!r} needs onnx_path")
-    return _median_ms(backend, artifact, x, device, threads, iters, 3, warmup_s)
