@@ -5,13 +5,15 @@
     python benchmarks/deit_base.py --out /tmp/q --quick        # tiny ViT smoke run (tests)
 
 Writes DIR/vtp20, DIR/vtp40 (vtpdeploy.save), DIR/vtp40_none (profile `none`, for the latency comparison),
-DIR/vtp40_nogather (profile `cpu-nogather` at VTP-40's MACs), the Torch-Pruning peers DIR/tp_uniform.onnx and
+DIR/vtp40_nogather (profile `cpu-nogather` at VTP-40's MACs), DIR/vtp40_nogather_heads (`cpu-nogather` with
+whole-head pruning, `granularity: head`, at VTP-40's MACs), the Torch-Pruning peers DIR/tp_uniform.onnx and
 DIR/tp_bottleneck.onnx at VTP-40's MACs (±1 %; needs the `bench` extra, else skipped with one line),
 DIR/{deit_base,vtp20,vtp40,...}.onnx (dynamic batch, + `.onnx.json` params/MACs sidecars),
 DIR/{vtp40,deit_base}.int8.onnx (QDQ INT8 with u8 activations, the CPU choice: `--int8-activations u8`; the
 same quantizer for both), DIR/vtp40.int8s8.onnx (s8 activations, the TensorRT format, benchmarked beside it
 for comparison; `--no-int8-s8` skips it), all calibrated on synthetic data, the ONNX Runtime per-operator
-profile (b1) of DeiT-B and the VTP-40 models, DIR/results.json, and prints the tables.
+profile (b1) of DeiT-B and the VTP-40 models, by op type and by role (linear layers, attention products, the
+rest, with ms per G-MAC), DIR/results.json, and prints the tables.
 Weights are random (no download): latency and MAC numbers are meaningful, accuracy is not.
 Keys of results.json: see docs/hardware.md.
 """
@@ -34,6 +36,7 @@ import vtpdeploy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_torch_pruning  # noqa: E402  (benchmarks/ is not a package)
 
+VTP40_MODELS = ("vtp40", "vtp40_nogather", "vtp40_nogather_heads")  # the VTP models at VTP-40 %'s MACs
 PAPER = {"model": "deit_base_patch16_224", "params": 86.6e6, "macs": 17.6e9,
          "vtp40": {"params": 47.3e6, "macs": 10.0e9, "params_saved_pct": 45.4, "macs_saved_pct": 43.0}}
 QUICK_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=10)
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     s8_path = Path(int8["s8"]["path"]) if int8["s8"] else None
     rows, s8_rows = _comparison_rows(rep_fp32, rep_int8, s8_path)
     int8_b1 = next((r for r in rows if r["model"] == "vtp40.int8" and r["batch"] == 1), None)
-    peer_rows = _paired_ratios(rep_fp32, "vtp40", [k for k in peers], "fp32")
+    peer_rows = [row for m in VTP40_MODELS if m in plans for row in _paired_ratios(rep_fp32, m, list(peers), "fp32")]
     int8_pair = (_paired_ratios(rep_int8, "vtp40.int8", ["deit_base.int8"], "int8")
                  + _paired_ratios(rep_int8, "vtp40_nogather.int8", ["deit_base.int8"], "int8"))
     results = {
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         "table": rows,
         "int8_s8_table": s8_rows,
         "latency_ms": _mean_latencies(rep_fp32, rep_int8),
+        "baseline_spread_pct": _baseline_spread(rep_fp32),
         "int8_vs_fp32_unpruned_ort_b1": int8_b1,
         "vtp40_vs_peers": peer_rows,
         "int8_vtp40_vs_int8_deit_base": int8_pair,
@@ -146,7 +150,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-int8-s8", action="store_true",
                     help="skip the s8-activation (TensorRT-format) INT8 model benchmarked beside the u8 one")
     ap.add_argument("--no-none", action="store_true", help="skip the profile none vs cpu comparison at 40 %%")
-    ap.add_argument("--no-nogather", action="store_true", help="skip the cpu-nogather model at VTP-40's MACs")
+    ap.add_argument("--no-nogather", action="store_true", help="skip the cpu-nogather models at VTP-40's MACs")
+    ap.add_argument("--no-heads", action="store_true",
+                    help="skip the cpu-nogather model with whole-head pruning at VTP-40's MACs")
     ap.add_argument("--no-peers", action="store_true", help="skip the Torch-Pruning arms")
     ap.add_argument("--readme", type=Path, default=None,
                     help="rewrite the readme-numbers:deit-base block of this README with the results")
@@ -196,15 +202,18 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
     from vtpdeploy.prune.compact import compact_validated
     from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 
-    variants: list[tuple[str, float | None, str]] = [("vtp20", 0.2, args.profile), ("vtp40", 0.4, args.profile)]
+    variants: list[tuple[str, float | None, str, str]] = [("vtp20", 0.2, args.profile, "dim"),
+                                                          ("vtp40", 0.4, args.profile, "dim")]
     if not args.no_none:
-        variants.append(("vtp40_none", 0.4, "none"))
-    if not args.no_nogather:
-        variants.append(("vtp40_nogather", None, "cpu-nogather"))  # rate: VTP-40's MACs
+        variants.append(("vtp40_none", 0.4, "none", "dim"))
+    if not args.no_nogather:  # rate None: the one at VTP-40's MACs
+        variants.append(("vtp40_nogather", None, "cpu-nogather", "dim"))
+        if not args.no_heads:
+            variants.append(("vtp40_nogather_heads", None, "cpu-nogather", "head"))
     plans: dict[str, dict] = {}
     models = {"deit_base": base}
-    for label, rate, profile in variants:
-        constraints = constraints_for(profile)
+    for label, rate, profile, granularity in variants:
+        constraints = constraints_for(profile).model_copy(update={"granularity": granularity})
         if rate is None:
             rate = _rate_at_macs(gated, importance, constraints, plans["vtp40"]["macs"])
         p = vtpdeploy.plan(gated, rate, importance=importance, constraints=constraints)
@@ -215,6 +224,7 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
         s = p.summary()
         plans[label] = {
             "profile": profile,
+            "granularity": granularity,
             "requested_rate": rate,
             "realised_rate": s["realised_rate"],
             "importance": importance,
@@ -225,10 +235,11 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
             "compact_vs_mask_max_diff": diff,
             "hardware_violations": check_plan(p, constraints) + check_model(small, constraints),
             "v_dims_per_head": [row["v_dims_per_head"] for row in s["blocks"]],
+            "live_heads": [row["live_heads"] for row in s["blocks"]],
             "per_kind": s["per_kind"],
         }
         models[label] = small
-        _say(f"{label}: profile {profile}, requested {rate:.2f}, realised {s['realised_rate']:.4f}, "
+        _say(f"{label}: profile {profile}, granularity {granularity}, requested {rate:.2f}, realised {s['realised_rate']:.4f}, "
              f"params -{plans[label]['params_saved_pct']}%, MACs -{plans[label]['macs_saved_pct']}%, "
              f"compact vs mask {diff:.1e}")
     return plans, models
@@ -249,7 +260,7 @@ def _rate_at_macs(gated, importance: str, constraints, target_macs: int, tol: fl
         if abs(err) <= tol:
             break
         lo, hi = (rate, hi) if err > 0 else (lo, rate)
-    _say(f"{constraints.profile}: rate {best[0]:.4f} gives VTP-40's MACs {100 * best[1]:+.2f}%")
+    _say(f"{constraints.profile} ({constraints.granularity}): rate {best[0]:.4f} gives VTP-40's MACs {100 * best[1]:+.2f}%")
     return round(best[0], 4)
 
 
@@ -276,7 +287,8 @@ def _op_profiles(args, onnx_paths: dict[str, Path]) -> dict:
     """ONNX Runtime per-operator profile at batch 1 of DeiT-B and the VTP-40 models (and the peers)."""
     from vtpdeploy.deploy.bench.op_profile import ort_op_profile
 
-    labels = [k for k in ("deit_base", "vtp40", "vtp40_nogather", "tp_bottleneck") if k in onnx_paths]
+    labels = [k for k in ("deit_base", "vtp40", "vtp40_nogather", "vtp40_nogather_heads", "tp_bottleneck")
+              if k in onnx_paths]
     return {k: ort_op_profile(onnx_paths[k], batch=1, threads=args.threads, iters=5 if args.quick else 20)
             for k in labels}
 
@@ -382,6 +394,14 @@ def _comparison_rows(rep_fp32: dict, rep_int8: dict, s8_path: Path | None) -> tu
     return rows, s8_rows
 
 
+def _baseline_spread(rep: dict) -> dict[str, float]:
+    """How much unpruned DeiT-B's per-round block means varied, per backend|bBATCH: max / min - 1, in %.
+    The machine is shared; a burst of load adds a roughly fixed time to every call while it lasts, which pulls
+    every speedup towards 1, so a large spread marks a run whose ratios read low."""
+    return {f"{r['backend']}|b{r['batch']}": round(100.0 * (max(r["block_means_ms"]) / min(r["block_means_ms"]) - 1.0), 1)
+            for r in rep["results"] if r.get("role") == "baseline" and r.get("block_means_ms")}
+
+
 def _mean_latencies(rep_fp32: dict, rep_int8: dict) -> dict[str, float]:
     latency = {}
     for rep in (rep_fp32, rep_int8):
@@ -396,11 +416,11 @@ def _targets(rows: list[dict], peer_rows: list[dict], int8_pair: list[dict]) -> 
     VTP-40 >= 1.7x INT8 DeiT-B and >= 3.5x fp32 DeiT-B on ORT b1."""
     targets = []
     for row in rows:
-        if row["model"] in ("vtp20", "vtp40", "vtp40_nogather") and row["precision"] == "fp32":
+        if row["model"] in ("vtp20", *VTP40_MODELS) and row["precision"] == "fp32":
             targets.append({"target": f"E >= 1.0: {row['model']} {row['runtime']} b{row['batch']}",
                             "value": row["efficiency"], "passed": (row["efficiency"] or 0) >= 1.0})
     for row in peer_rows:
-        targets.append({"target": f"vtp40 >= 5% faster than {row['vs']}: {row['backend']} b{row['batch']}",
+        targets.append({"target": f"{row['model']} >= 5% faster than {row['vs']}: {row['backend']} b{row['batch']}",
                         "value": row["faster_pct"], "ci": row["ci"], "passed": row["faster_pct"] >= 5.0})
     for row in int8_pair:
         if row["batch"] == 1:
@@ -466,14 +486,15 @@ def paper_explanation(plans: dict) -> str:
 
 
 LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 %", "vtp40_none": "VTP-40 %, paper-faithful widths (`none`)",
-          "vtp40_nogather": "VTP-40 % MACs, gather-free (`cpu-nogather`)", "tp_uniform": "Torch-Pruning uniform",
+          "vtp40_nogather": "VTP-40 % MACs, gather-free (`cpu-nogather`)",
+          "vtp40_nogather_heads": "VTP-40 % MACs, gather-free, whole heads (`granularity: head`)", "tp_uniform": "Torch-Pruning uniform",
           "tp_bottleneck": "Torch-Pruning bottleneck", "vtp40.int8": "VTP-40 % INT8 (u8 act.)",
           "deit_base.int8": "DeiT-B INT8 (u8 act.)", "vtp40_nogather.int8": "VTP-40 % MACs gather-free INT8 (u8 act.)", "vtp40.int8s8": "VTP-40 % INT8 (s8, TensorRT format)"}
 
 
 def readme_section(res: dict, command: str) -> str:
     """The README block: speedup tables vs fp32 DeiT-B, VTP-40 vs the peers, INT8 vs INT8, the op profile."""
-    from vtpdeploy.deploy.bench.op_profile import op_profile_table
+    from vtpdeploy.deploy.bench.op_profile import op_profile_table, role_table
 
     rows = res["table"] + res.get("int8_s8_table", [])
     cols = sorted({(r["backend"], r["batch"]) for r in res["table"] if r["precision"] == "fp32"},
@@ -509,20 +530,28 @@ def readme_section(res: dict, command: str) -> str:
                    f"[{pair['ci'][0]:.2f}, {pair['ci'][1]:.2f}] |" + " |" * (len(int8_cols) - 1))
     if res.get("vtp40_vs_peers"):
         peers = sorted({r["vs"] for r in res["vtp40_vs_peers"]})
-        out += ["", "| VTP-40 % vs the peer at equal MACs (peer ms / VTP ms [CI]) | " + " | ".join(
+        models = [m for m in VTP40_MODELS if any(r["model"] == m for r in res["vtp40_vs_peers"])]
+        out += ["", "| VTP at VTP-40 %'s MACs vs the peer (peer ms / VTP ms [CI]) | " + " | ".join(
             f"{'ORT' if be == 'ort' else 'OpenVINO'} b{b}" for be, b in cols) + " |", "|---" * (1 + len(cols)) + "|"]
-        for peer in peers:
-            cells = []
-            for be, b in cols:
-                r = next((r for r in res["vtp40_vs_peers"] if r["vs"] == peer and r["backend"] == be
-                          and r["batch"] == b), None)
-                cells.append("—" if r is None else
-                             f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
-                             f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
-            out.append(f"| vs {LABELS[peer]} | {' | '.join(cells)} |")
+        for model in models:
+            for peer in peers:
+                cells = []
+                for be, b in cols:
+                    r = next((r for r in res["vtp40_vs_peers"] if r["model"] == model and r["vs"] == peer
+                              and r["backend"] == be and r["batch"] == b), None)
+                    cells.append("—" if r is None else
+                                 f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
+                                 f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
+                out.append(f"| {LABELS[model]} vs {LABELS[peer]} | {' | '.join(cells)} |")
     if res.get("op_profile_ort_b1"):
         out += ["", "ONNX Runtime per-operator profile, b1 (ms per inference, share of node time):", "",
-                op_profile_table(res["op_profile_ort_b1"])]
+                op_profile_table(res["op_profile_ort_b1"]), "",
+                "The same profile by role (`MatMul` holds linear layers and attention products alike):", "",
+                role_table(res["op_profile_ort_b1"])]
+    if res.get("baseline_spread_pct"):
+        out += ["", "Machine noise in this run: unpruned DeiT-B's per-round block means varied by "
+                + ", ".join(f"{v:.0f} % ({k.replace('|', ' ')})" for k, v in res["baseline_spread_pct"].items())
+                + " (max / min − 1); load bursts add time to every call and pull speedups towards 1."]
     out += ["", "Targets: " + "; ".join(f"{'✓' if t['passed'] else '✗'} {t['target']} ({t['value']})"
                                         for t in res["targets"])]
     env = res.get("environment") or {}
@@ -570,10 +599,11 @@ def _print(res: dict) -> None:
         print(f"{row['model']} vs {row['vs']} {row['backend']} b{row['batch']}: {row['ratio']:.3f}x "
               f"CI {row['ci']} ({row['faster_pct']:+.1f}% faster)")
     if res.get("op_profile_ort_b1"):
-        from vtpdeploy.deploy.bench.op_profile import op_profile_table
+        from vtpdeploy.deploy.bench.op_profile import op_profile_table, role_table
 
         print("\nONNX Runtime per-operator profile, b1 (ms per inference, share of node time):")
         print(op_profile_table(res["op_profile_ort_b1"]))
+        print(role_table(res["op_profile_ort_b1"]))
     for row in res["profile_compare_40"]:
         print(f"profile none vs cpu @40% {row['backend']} b{row['batch']}: E {row['E_none']} vs {row['E_cpu']} "
               f"(speedup {row['speedup_none']} vs {row['speedup_cpu']})")

@@ -24,7 +24,7 @@ COUNT_TOL = 0.02
 STAGES = ("unpruned", "pruned", "finetuned")
 # The digits arms the README shows (benchmarks/digits_sparse_vs_prune.py has more).
 README_ARMS = ("vtp20", "vtp40", "vtp60", "only20", "only40", "only60", "vtp40_kd", "vtp40_none",
-               "nogather60", "head60", "headdim60")
+               "nogather40", "nogather60", "nogather60_hd", "head60", "headdim60")
 
 
 def _block_re(name: str) -> re.Pattern:

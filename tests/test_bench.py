@@ -125,6 +125,8 @@ def test_report_schema(report, run_dir):
         assert isinstance(r["macs"], int) and isinstance(r["params"], int) and r["counts_from"] == "report.json"
         assert isinstance(r["file_mb"], float) and r["file_mb"] > 0
         assert r["iters"] == 20 and r["blocks"] == 4 and r["input_shape"] == [r["batch"], 3, 32, 32]
+        # ORT spins inside a run only: spinning left over from one model's run must not slow the next one
+        assert r.get("spin") == ("run" if r["backend"] == "ort" else None)
     roles = {r["model"]: r["role"] for r in report["results"]}
     assert roles == {"run/unpruned": "baseline", "run/model": "candidate"}
     assert len(report["comparison"]) == 4

@@ -27,6 +27,7 @@ RESULT_KEYS = {
     "schema", "model", "random_init", "quick", "importance", "profile", "notes", "unpruned", "plans", "int8",
     "table", "latency_ms", "int8_vs_fp32_unpruned_ort_b1", "targets", "profile_compare_40", "paper_check",
     "bench", "environment", "wall_s", "peers", "vtp40_vs_peers", "int8_vtp40_vs_int8_deit_base", "op_profile_ort_b1",
+    "baseline_spread_pct",
 }
 HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
 ROW_KEYS = {"model", "backend", "runtime", "precision", "batch", "speedup", "speedup_ci", "mac_ratio",
@@ -42,29 +43,34 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "RANDOM INIT" in printed and "weight_l1" in printed and "SYNTHETIC" in printed
     assert "per-operator profile" in printed and "| MatMul |" in printed
+    assert "| attention products (QKᵀ, attn·V) |" in printed
     data = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(data)
     assert data["random_init"] is True and data["quick"] is True and data["importance"] == "weight_l1"
-    for f in ("deit_base.onnx", "vtp20.onnx", "vtp40.onnx", "vtp40_none.onnx", "vtp40_nogather.onnx",
+    for f in ("deit_base.onnx", "vtp20.onnx", "vtp40.onnx", "vtp40_none.onnx", "vtp40_nogather.onnx", "vtp40_nogather_heads.onnx",
               "tp_uniform.onnx", "tp_bottleneck.onnx", "vtp40.int8.onnx", "deit_base.int8.onnx",
               "vtp20.safetensors", "vtp20.json", "vtp40.safetensors", "vtp40.json"):
         assert (out / f).is_file(), f
-    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none", "vtp40_nogather"}
+    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads"}
     for label, p in data["plans"].items():
         assert PLAN_KEYS <= set(p)
         assert p["hardware_violations"] == []
         assert p["compact_vs_mask_max_diff"] <= 1e-4
-        if label != "vtp40_nogather":  # its rate is searched for VTP-40's MACs
+        if not label.startswith("vtp40_nogather"):  # their rate is searched for VTP-40's MACs
             assert abs(p["realised_rate"] - p["requested_rate"]) <= 0.02
     assert data["plans"]["vtp40"]["profile"] == "cpu" and data["plans"]["vtp40_none"]["profile"] == "none"
     assert data["plans"]["vtp40_nogather"]["profile"] == "cpu-nogather"
+    heads = data["plans"]["vtp40_nogather_heads"]
+    assert heads["profile"] == "cpu-nogather" and heads["granularity"] == "head"
+    for live, v_dims in zip(heads["live_heads"], heads["v_dims_per_head"]):  # whole heads: a V head is all or nothing
+        assert set(v_dims) <= {0, 32} and live == sum(d > 0 for d in v_dims)
     vtp40_macs = data["plans"]["vtp40"]["macs"]
     for mode in ("uniform", "bottleneck"):
         peer = data["peers"][f"tp_{mode}"]
         assert peer["mode"] == mode and abs(peer["macs"] / vtp40_macs - 1) <= 0.01
     rows = data["table"]
     assert rows and all(ROW_KEYS <= set(r) for r in rows)
-    fp32 = ("vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "tp_uniform", "tp_bottleneck")
+    fp32 = ("vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads", "tp_uniform", "tp_bottleneck")
     assert {(r["model"], r["precision"], r["batch"]) for r in rows} == {
         (m, "fp32", b) for m in fp32 for b in (1, 2)} | {
         (m, "int8", b) for m in ("vtp40.int8", "deit_base.int8", "vtp40_nogather.int8") for b in (1, 2)}
@@ -78,14 +84,23 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
     for pair in data["int8_vtp40_vs_int8_deit_base"]:  # same run: ratio of the two speedups vs fp32 DeiT-B
         expected = by[(pair["model"], pair["batch"])]["speedup"] / by[("deit_base.int8", pair["batch"])]["speedup"]
         assert pair["ratio"] == pytest.approx(expected, rel=0.02) and pair["ci"][0] <= pair["ratio"] <= pair["ci"][1]
-    assert {(r["vs"], r["batch"]) for r in data["vtp40_vs_peers"]} == {
-        (f"tp_{m}", b) for m in ("uniform", "bottleneck") for b in (1, 2)}
-    assert set(data["op_profile_ort_b1"]) == {"deit_base", "vtp40", "vtp40_nogather", "tp_bottleneck"}
+    vtp40_models = ("vtp40", "vtp40_nogather", "vtp40_nogather_heads")
+    assert {(r["model"], r["vs"], r["batch"]) for r in data["vtp40_vs_peers"]} == {
+        (v, f"tp_{m}", b) for v in vtp40_models for m in ("uniform", "bottleneck") for b in (1, 2)}
+    assert set(data["op_profile_ort_b1"]) == {"deit_base", *vtp40_models, "tp_bottleneck"}
     assert data["op_profile_ort_b1"]["vtp40"]["ops"]["MatMul"]["ms"] > 0
+    for label, prof in data["op_profile_ort_b1"].items():  # the linear role holds every linear MAC of the ONNX model
+        macs = data["unpruned"]["macs"] if label == "deit_base" else (data["plans"].get(label) or data["peers"][label])["macs"]
+        assert 0.8 * macs < (prof["roles"]["linear"]["gmacs"] + prof["roles"]["attention"]["gmacs"]) * 1e9 <= macs
     targets = {t["target"].split(":")[0] for t in data["targets"]}
-    assert {"E >= 1.0", "vtp40 >= 5% faster than tp_uniform", "vtp40 >= 5% faster than tp_bottleneck"} <= targets
+    assert {"E >= 1.0"} | {f"{v} >= 5% faster than tp_{m}" for v in vtp40_models for m in ("uniform", "bottleneck")} <= targets
     for m in ("vtp40.int8", "vtp40_nogather.int8"):
         assert {f"INT8 VTP-40 >= 1.7x INT8 DeiT-B, ORT b1 ({m})", f"INT8 VTP-40 >= 3.5x fp32 DeiT-B, ORT b1 ({m})"} <= targets
+    assert set(data["baseline_spread_pct"]) == {"ort|b1", "ort|b2"}
+    for group, spread in data["baseline_spread_pct"].items():
+        base_row = next(r for r in data["bench"]["fp32"]["results"] if r["role"] == "baseline"
+                        and f"{r['backend']}|b{r['batch']}" == group)
+        assert spread == pytest.approx(100 * (max(base_row["block_means_ms"]) / min(base_row["block_means_ms"]) - 1), abs=0.06)
     assert len(data["profile_compare_40"]) == 2
     assert data["paper_check"] is None  # only for the real DeiT-B
     assert res["table"] == rows

@@ -49,6 +49,34 @@ def test_runner_writes_a_profile_on_end_profiling(tiny_onnx, tmp_path):
     assert any(e.get("cat") == "Node" and e["name"].endswith("_kernel_time") for e in events)
 
 
+@pytest.mark.parametrize("spin, entries", [
+    ("on", {"session.force_spinning_stop": "", "session.intra_op.allow_spinning": ""}),
+    ("run", {"session.force_spinning_stop": "1", "session.intra_op.allow_spinning": ""}),
+    ("off", {"session.force_spinning_stop": "", "session.intra_op.allow_spinning": "0"}),
+])
+def test_runner_spin_sets_the_session_config(tiny_onnx, spin, entries):
+    runner = OrtRunner(tiny_onnx, threads=2, spin=spin)
+    opts = runner.session.get_session_options()
+    for key, value in entries.items():
+        assert _config_entry(opts, key) == value
+    eager = OrtRunner(tiny_onnx, threads=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert np.abs(runner.infer(x) - eager.infer(x)).max() <= 1e-5
+
+
+def _config_entry(opts, key: str) -> str:
+    """The session config value of `key`, "" when unset (ORT raises for a key never set)."""
+    try:
+        return opts.get_session_config_entry(key)
+    except Exception:  # noqa: BLE001 - onnxruntime's pybind Fail, not importable as a class
+        return ""
+
+
+def test_runner_rejects_an_unknown_spin(tiny_onnx):
+    with pytest.raises(VtpError, match="ORT thread spinning 'sometimes': choose one of on, run, off"):
+        OrtRunner(tiny_onnx, spin="sometimes")
+
+
 def test_runner_without_profile_prefix_writes_nothing(tiny_onnx, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # ORT's default profile prefix is relative to the working dir
     runner = OrtRunner(tiny_onnx, threads=1)
@@ -70,6 +98,31 @@ def test_op_profile_sums_and_matches_the_graph_ort_runs(tiny_onnx, ort_graph_ops
     assert abs(prof["total_ms"] - sum(row["ms"] for row in ops.values())) <= 1e-6 * prof["total_ms"]
     ms = [row["ms"] for row in ops.values()]
     assert ms == sorted(ms, reverse=True)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_op_profile_roles_split_linear_from_attention_with_exact_macs(tiny_onnx, batch):
+    """TINY_VIT: 17 tokens, width 48, 2 blocks, 3 heads of 16, MLP 192, 10 classes (head on the class token)."""
+    prof = ort_op_profile(tiny_onnx, batch=batch, threads=1, iters=2, warmup=1)
+    roles = prof["roles"]
+    tokens, width, heads, head_dim, hidden, depth = 17, 48, 3, 16, 192, 2
+    linear = depth * tokens * (width * 3 * width + width * width + 2 * width * hidden) + width * 10
+    attention = depth * 2 * heads * tokens * tokens * head_dim
+    assert round(roles["linear"]["gmacs"] * 1e9) == batch * linear
+    assert round(roles["attention"]["gmacs"] * 1e9) == batch * attention
+    assert roles["attention"]["nodes"] == 2 * depth and roles["other"]["gmacs"] == 0
+    assert abs(sum(r["ms"] for r in roles.values()) - prof["total_ms"]) <= 1e-6 * prof["total_ms"]
+
+
+def test_node_role_reads_ort_shapes():
+    def args(*ins, out):
+        return {"input_type_shape": [{"float": s} for s in ins], "output_type_shape": [{"float": out}]}
+
+    assert op_profile.node_role("FusedMatMul", args([1, 12, 197, 64], [1, 12, 64, 197], out=[1, 12, 197, 197])) == \
+        ("attention", 12 * 197 * 197 * 64)
+    assert op_profile.node_role("MatMul", args([1, 197, 768], out=[1, 197, 2304])) == ("linear", 197 * 2304 * 768)
+    assert op_profile.node_role("Gemm", args([197, 3072], [768], out=[197, 768])) == ("linear", 197 * 768 * 3072)
+    assert op_profile.node_role("Softmax", args([1, 12, 197, 197], out=[1, 12, 197, 197])) == ("other", 0)
 
 
 def test_op_profile_drops_the_warmup_runs(tiny_onnx, monkeypatch):
@@ -139,3 +192,16 @@ def test_op_profile_table_of_a_real_profile(tiny_onnx):
         assert f"| {op} |" in table
     if "Gather" in prof["ops"]:
         assert "| Gather |" in table
+
+
+def test_role_table():
+    def prof(linear_ms, linear_g, attn_ms, attn_g, other_ms):
+        return {"roles": {"linear": {"ms": linear_ms, "nodes": 1, "gmacs": linear_g},
+                          "attention": {"ms": attn_ms, "nodes": 1, "gmacs": attn_g},
+                          "other": {"ms": other_ms, "nodes": 1, "gmacs": 0.0}}}
+
+    lines = op_profile.role_table({"a": prof(100.0, 10.0, 8.0, 0.5, 12.0), "b|c": prof(50.0, 5.0, 0.0, 0.0, 9.0)}).splitlines()
+    assert lines[0] == "| role | a | b\\|c |"
+    assert lines[2].endswith("| 100.0 ms (10.00 G MACs, 10.0 ms/G) | 50.0 ms (5.00 G MACs, 10.0 ms/G) |")
+    assert lines[3].endswith("| 8.0 ms (0.50 G MACs, 16.0 ms/G) | 0.0 ms (0.00 G MACs) |")
+    assert lines[4].endswith("| 12.0 ms | 9.0 ms |")

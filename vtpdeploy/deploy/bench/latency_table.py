@@ -210,7 +210,7 @@ def measure_interleaved(entries: list[tuple[str, object, np.ndarray]], backend: 
 
     from ..runners import make_runner
 
-    options = {"spinning": False} if backend == "ort" else {}
+    options = {"spin": "off"} if backend == "ort" else {}
     with ExitStack() as stack:
         slots = [loop.Slot(label, stack.enter_context(make_runner(backend, art, device=device, threads=threads,
                                                                   **options)), x)

@@ -8,6 +8,13 @@ ORT writes a chrome-trace JSON list: one `"cat": "Node"` event per executed kern
 optimizations, so fused types such as FusedMatMul or SkipLayerNormalization appear, not the exported
 ones), and one `"cat": "Session"` event named `model_run` per inference, which delimits the runs.
 Profiling adds a little per-node overhead, so these times sit slightly above a plain benchmark's.
+
+Op types mix roles: ORT runs some linear layers as `MatMul` (+ Add) and others as `Gemm`, and the
+attention products QKᵀ and attn·V are `MatMul` / `FusedMatMul` too. `roles` therefore splits kernel
+time by what a node does, read from the shapes ORT records: a matmul-type node with two activation
+inputs of rank ≥ 3 is an attention product, one with a single activation input (the weight is an
+initializer, which ORT does not list) is a linear layer. MACs come from the same shapes
+(output elements × the inner dim), so ms per G-MAC shows whether a role scales with its MACs.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from ...errors import VtpError
 
 KERNEL_SUFFIX = "_kernel_time"
 ALWAYS_SHOWN = ("Gather", "Split", "Transpose")  # the ops pruning adds or removes; shown even when small
+MATMUL_OPS = ("MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul",
+              "MatMulIntegerToFloat", "QGemm")
+ROLES = ("linear", "attention", "other")
 
 
 def ort_op_profile(onnx_path: str | Path, *, batch: int = 1, threads: int | None = None, iters: int = 20,
@@ -39,12 +49,12 @@ def ort_op_profile(onnx_path: str | Path, *, batch: int = 1, threads: int | None
             runner.infer(x)
         with open(runner.end_profiling()) as fh:
             events = json.load(fh)
-    ops = _per_op(events, iters, onnx_path)
+    ops, roles = _per_op(events, iters, onnx_path)
     total = sum(op["ms"] for op in ops.values())
     for op in ops.values():
         op["share"] = op["ms"] / total if total > 0 else 0.0
     return {"model": str(onnx_path), "batch": batch, "threads": threads, "iters": iters, "total_ms": total,
-            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms"]))}
+            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms"])), "roles": roles}
 
 
 def _input_shape(runner, batch: int, onnx_path) -> tuple[int, ...]:
@@ -60,8 +70,23 @@ def _input_shape(runner, batch: int, onnx_path) -> tuple[int, ...]:
     return (batch, *(int(d) for d in shape[1:]))
 
 
-def _per_op(events: list[dict], iters: int, onnx_path) -> dict[str, dict]:
-    """{op_type: {ms, nodes}}: kernel time summed over the last `iters` model_run windows, / iters."""
+def _shapes(args: dict, key: str) -> list[list[int]]:
+    return [list(next(iter(d.values()))) for d in args.get(key, []) if isinstance(d, dict) and d]
+
+
+def node_role(op: str, args: dict) -> tuple[str, int]:
+    """(role, MACs) of one kernel event: `attention` (two activation inputs of rank >= 3), `linear`
+    (a matmul-type op otherwise) or `other` (MACs 0)."""
+    if op not in MATMUL_OPS:
+        return "other", 0
+    ins, outs = _shapes(args, "input_type_shape"), _shapes(args, "output_type_shape")
+    macs = int(np.prod(outs[0])) * int(ins[0][-1]) if ins and ins[0] and outs else 0
+    return ("attention" if sum(len(s) >= 3 for s in ins) >= 2 else "linear"), macs
+
+
+def _per_op(events: list[dict], iters: int, onnx_path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """({op_type: {ms, nodes}}, {role: {ms, nodes, gmacs}}): kernel time summed over the last `iters`
+    model_run windows, / iters."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     if len(runs) < iters:
@@ -71,6 +96,9 @@ def _per_op(events: list[dict], iters: int, onnx_path) -> dict[str, dict]:
     starts = [a for a, _ in runs]
     us: dict[str, float] = {}
     nodes: dict[str, set] = {}
+    role_us = dict.fromkeys(ROLES, 0.0)
+    role_macs = dict.fromkeys(ROLES, 0)
+    role_nodes: dict[str, set] = {r: set() for r in ROLES}
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith(KERNEL_SUFFIX):
             continue
@@ -82,9 +110,34 @@ def _per_op(events: list[dict], iters: int, onnx_path) -> dict[str, dict]:
         us[op] = us.get(op, 0.0) + float(e["dur"])
         # node_index as well: ORT-inserted nodes (e.g. layout reorders) need not have unique names
         nodes.setdefault(op, set()).add((e["name"], args.get("node_index")))
+        role, macs = node_role(op, args)
+        role_us[role] += float(e["dur"])
+        role_macs[role] += macs
+        role_nodes[role].add((e["name"], args.get("node_index")))
     if not us:
         raise VtpError(f"{onnx_path}: ORT's profile has no kernel events in the profiled runs")
-    return {op: {"ms": t / iters / 1000.0, "nodes": len(nodes[op])} for op, t in us.items()}
+    ops = {op: {"ms": t / iters / 1000.0, "nodes": len(nodes[op])} for op, t in us.items()}
+    roles = {r: {"ms": role_us[r] / iters / 1000.0, "nodes": len(role_nodes[r]), "gmacs": role_macs[r] / iters / 1e9}
+             for r in ROLES}
+    return ops, roles
+
+
+def role_table(profiles: dict[str, dict]) -> str:
+    """Markdown table, one column per labelled profile: ms per role, with G-MACs and ms per G-MAC."""
+    labels = [str(label).replace("|", "\\|") for label in profiles]
+    lines = ["| role | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for role in ROLES:
+        cells = []
+        for p in profiles.values():
+            r = p["roles"][role]
+            per = f", {r['ms'] / r['gmacs']:.1f} ms/G" if r["gmacs"] > 0 else ""
+            cells.append(f"{r['ms']:.1f} ms ({r['gmacs']:.2f} G MACs{per})" if role != "other" else f"{r['ms']:.1f} ms")
+        lines.append(f"| {ROLE_NAMES[role]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ROLE_NAMES = {"linear": "linear layers (qkv, proj, fc1, fc2, head)", "attention": "attention products (QKᵀ, attn·V)",
+              "other": "everything else"}
 
 
 def op_profile_table(profiles: dict[str, dict], top: int = 10) -> str:

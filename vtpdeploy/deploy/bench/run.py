@@ -164,12 +164,16 @@ def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, th
         mem = split_device_memory(mem, runner, rdev)  # weights vs activations, each with its method
         slots.append(Slot(art.label, runner, inputs[key]))
         extras.append({"file": file, "memory": mem, "device": rdev, "input_shape": list(key),
-                       "precision": getattr(runner, "precision", None)})
+                       "precision": getattr(runner, "precision", None), "spin": getattr(runner, "spin", None)})
     return slots, extras
 
 
 def _runner_options(backend: str, art: Artifact) -> dict:
-    """torch runs at `--precision fp16` when asked (fp32 otherwise); other backends take theirs from the artifact."""
+    """torch runs at `--precision fp16` when asked (fp32 otherwise); other backends take theirs from the artifact.
+    ONNX Runtime spins only inside a run (`spin="run"`): threads still spinning after one model's run slowed
+    the next model's first call by ~30 ms on 2 cores (see ort_runner)."""
+    if backend == "ort":
+        return {"spin": "run"}
     precision = getattr(art, "precision", "auto")
     return {"precision": precision} if backend == "torch" and precision in ("fp32", "fp16") else {}
 
@@ -346,6 +350,8 @@ def _result(art: Artifact, slot: Slot, extra: dict, group: _Group, is_baseline: 
     }
     if be == "torch":
         row["precision"] = extra["precision"]
+    if be == "ort":
+        row["spin"] = extra["spin"]
     if be == "trt":  # what the timed engine is: version, precision, TF32, flags, GPU and clocks
         row["tensorrt"] = art.trt_info.get(batch)
     if sampler is not None:
