@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -533,16 +534,10 @@ def readme_section(res: dict, command: str) -> str:
         models = [m for m in VTP40_MODELS if any(r["model"] == m for r in res["vtp40_vs_peers"])]
         out += ["", "| VTP at VTP-40 %'s MACs vs the peer (peer ms / VTP ms [CI]) | " + " | ".join(
             f"{'ORT' if be == 'ort' else 'OpenVINO'} b{b}" for be, b in cols) + " |", "|---" * (1 + len(cols)) + "|"]
-        for model in models:
-            for peer in peers:
-                cells = []
-                for be, b in cols:
-                    r = next((r for r in res["vtp40_vs_peers"] if r["model"] == model and r["vs"] == peer
-                              and r["backend"] == be and r["batch"] == b), None)
-                    cells.append("—" if r is None else
-                                 f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
-                                 f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
-                out.append(f"| {LABELS[model]} vs {LABELS[peer]} | {' | '.join(cells)} |")
+        by = {(r["model"], r["vs"], r["backend"], r["batch"]): r for r in res["vtp40_vs_peers"]}
+        for model, peer in itertools.product(models, peers):
+            cells = [_peer_cell(by.get((model, peer, be, b))) for be, b in cols]
+            out.append(f"| {LABELS[model]} vs {LABELS[peer]} | {' | '.join(cells)} |")
     if res.get("op_profile_ort_b1"):
         out += ["", "ONNX Runtime per-operator profile, b1 (ms per inference, share of node time):", "",
                 op_profile_table(res["op_profile_ort_b1"]), "",
@@ -560,6 +555,13 @@ def readme_section(res: dict, command: str) -> str:
               "targets": len(res["targets"])}
     out.append(f"\n<!-- data: {json.dumps(record, sort_keys=True, default=str)} -->")
     return "\n".join(out)
+
+
+def _peer_cell(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    return (f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
+            f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
 
 
 def _write_readme(path: Path, res: dict, command: str) -> None:

@@ -94,11 +94,8 @@ def _per_op(events: list[dict], iters: int, onnx_path) -> tuple[dict[str, dict],
         raise VtpError(f"{onnx_path}: ORT's profile holds {len(runs)} model runs, fewer than the {iters} profiled")
     runs = runs[-iters:]
     starts = [a for a, _ in runs]
-    us: dict[str, float] = {}
-    nodes: dict[str, set] = {}
-    role_us = dict.fromkeys(ROLES, 0.0)
-    role_macs = dict.fromkeys(ROLES, 0)
-    role_nodes: dict[str, set] = {r: set() for r in ROLES}
+    by_op: dict[str, dict] = {}
+    by_role = {r: _tally() for r in ROLES}  # every role listed, even with no node
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith(KERNEL_SUFFIX):
             continue
@@ -107,19 +104,27 @@ def _per_op(events: list[dict], iters: int, onnx_path) -> tuple[dict[str, dict],
             continue  # a warm-up run's kernel
         args = e.get("args", {})
         op = args.get("op_name", "?")
-        us[op] = us.get(op, 0.0) + float(e["dur"])
         # node_index as well: ORT-inserted nodes (e.g. layout reorders) need not have unique names
-        nodes.setdefault(op, set()).add((e["name"], args.get("node_index")))
+        node, dur = (e["name"], args.get("node_index")), float(e["dur"])
         role, macs = node_role(op, args)
-        role_us[role] += float(e["dur"])
-        role_macs[role] += macs
-        role_nodes[role].add((e["name"], args.get("node_index")))
-    if not us:
+        _add(by_op.setdefault(op, _tally()), node, dur)
+        _add(by_role[role], node, dur, macs)
+    if not by_op:
         raise VtpError(f"{onnx_path}: ORT's profile has no kernel events in the profiled runs")
-    ops = {op: {"ms": t / iters / 1000.0, "nodes": len(nodes[op])} for op, t in us.items()}
-    roles = {r: {"ms": role_us[r] / iters / 1000.0, "nodes": len(role_nodes[r]), "gmacs": role_macs[r] / iters / 1e9}
-             for r in ROLES}
+    ops = {op: {"ms": t["us"] / iters / 1000.0, "nodes": len(t["nodes"])} for op, t in by_op.items()}
+    roles = {r: {"ms": t["us"] / iters / 1000.0, "nodes": len(t["nodes"]), "gmacs": t["macs"] / iters / 1e9}
+             for r, t in by_role.items()}
     return ops, roles
+
+
+def _tally() -> dict:
+    return {"us": 0.0, "nodes": set(), "macs": 0}
+
+
+def _add(tally: dict, node: tuple, dur_us: float, macs: int = 0) -> None:
+    tally["us"] += dur_us
+    tally["nodes"].add(node)
+    tally["macs"] += macs
 
 
 def role_table(profiles: dict[str, dict]) -> str:
