@@ -89,16 +89,16 @@ def main(argv: list[str] | None = None) -> dict:
                   duration_s=run.duration, threads=args.threads, progress=_say)
     rep_fp32 = run_bench([str(onnx_paths[k]) for k in models if k != "deit_base"], backend=",".join(run.backends),
                          **timing)
+    int8_vtp = [m for m in VTP40_MODELS if m in int8 or m == "vtp40"]  # the VTP-40-MAC models with an INT8 twin
     rep_int8 = run_bench([str(int8["path"]), str(int8["deit_base"]["path"])]
-                         + ([str(int8["vtp40_nogather"]["path"])] if "vtp40_nogather" in int8 else [])
+                         + [str(int8[m]["path"]) for m in int8_vtp if m != "vtp40"]
                          + ([str(int8["s8"]["path"])] if int8["s8"] else []), backend="ort", **timing)
     _say(f"benchmarks done ({time.time() - t0:.1f}s)")
     s8_path = Path(int8["s8"]["path"]) if int8["s8"] else None
     rows, s8_rows = _comparison_rows(rep_fp32, rep_int8, s8_path)
     int8_b1 = next((r for r in rows if r["model"] == "vtp40.int8" and r["batch"] == 1), None)
     peer_rows = [row for m in VTP40_MODELS if m in plans for row in _paired_ratios(rep_fp32, m, list(peers), "fp32")]
-    int8_pair = (_paired_ratios(rep_int8, "vtp40.int8", ["deit_base.int8"], "int8")
-                 + _paired_ratios(rep_int8, "vtp40_nogather.int8", ["deit_base.int8"], "int8"))
+    int8_pair = [row for m in int8_vtp for row in _paired_ratios(rep_int8, f"{m}.int8", ["deit_base.int8"], "int8")]
     results = {
         "schema": "vtpdeploy-deit-base-bench/1",
         "model": run.name,
@@ -320,8 +320,7 @@ def _quantize(args, run, onnx_paths: dict[str, Path], plans: dict, base_counts: 
     out: dict = {}
     vtp40_plan = plans["vtp40"]
     arms = [("vtp40", vtp40_plan), ("deit_base", base_counts)]
-    if "vtp40_nogather" in plans:
-        arms.append(("vtp40_nogather", plans["vtp40_nogather"]))
+    arms += [(m, plans[m]) for m in VTP40_MODELS if m != "vtp40" and m in plans]
     for label, counts in arms:
         path = args.out / f"{label}.int8.onnx"
         settings = quantize_int8(onnx_paths[label], path, calib, method="MinMax", activation_type="u8")
@@ -334,7 +333,7 @@ def _quantize(args, run, onnx_paths: dict[str, Path], plans: dict, base_counts: 
         _sidecar(s8_path, {"params": vtp40_plan["params"], "macs": vtp40_plan["macs"]})
     calib_note = (f"INT8 QDQ (MinMax, per-channel symmetric int8 weights) calibrated on {run.n_calib} SYNTHETIC "
                   f"standard-normal images (seeded); no real data: accuracy of the INT8 model is not assessed")
-    act_note = ("ORT INT8 rows (vtp40.int8, deit_base.int8, vtp40_nogather.int8: same quantizer and settings) use u8 activations "
+    act_note = (f"ORT INT8 rows ({', '.join(k + '.int8' for k, _ in arms)}: same quantizer and settings) use u8 activations "
                 "(asymmetric uint8, `--int8-activations u8`): the fast U8S8 path of x86 ONNX Runtime/OpenVINO CPU, "
                 "NOT accepted by TensorRT"
                 + ("; vtp40.int8s8 = s8 activations (symmetric int8, zero point 0: the TensorRT format) for comparison"
@@ -428,7 +427,7 @@ def _targets(rows: list[dict], peer_rows: list[dict], int8_pair: list[dict]) -> 
             targets.append({"target": f"INT8 VTP-40 >= 1.7x INT8 DeiT-B, ORT b1 ({row['model']})", "value": row["ratio"],
                             "ci": row["ci"], "passed": row["ratio"] >= 1.7})
     for row in rows:
-        if row["model"] in ("vtp40.int8", "vtp40_nogather.int8") and row["batch"] == 1:
+        if row["model"] in {f"{m}.int8" for m in VTP40_MODELS} and row["batch"] == 1:
             targets.append({"target": f"INT8 VTP-40 >= 3.5x fp32 DeiT-B, ORT b1 ({row['model']})",
                             "value": row["speedup"], "ci": row["speedup_ci"], "activations": "u8",
                             "passed": row["speedup"] >= 3.5})
@@ -490,7 +489,9 @@ LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 %", "vtp40_none": "VTP-40 %, pap
           "vtp40_nogather": "VTP-40 % MACs, gather-free (`cpu-nogather`)",
           "vtp40_nogather_heads": "VTP-40 % MACs, gather-free, whole heads (`granularity: head`)", "tp_uniform": "Torch-Pruning uniform",
           "tp_bottleneck": "Torch-Pruning bottleneck", "vtp40.int8": "VTP-40 % INT8 (u8 act.)",
-          "deit_base.int8": "DeiT-B INT8 (u8 act.)", "vtp40_nogather.int8": "VTP-40 % MACs gather-free INT8 (u8 act.)", "vtp40.int8s8": "VTP-40 % INT8 (s8, TensorRT format)"}
+          "deit_base.int8": "DeiT-B INT8 (u8 act.)", "vtp40_nogather.int8": "VTP-40 % MACs gather-free INT8 (u8 act.)",
+          "vtp40_nogather_heads.int8": "VTP-40 % MACs gather-free, whole heads INT8 (u8 act.)",
+          "vtp40.int8s8": "VTP-40 % INT8 (s8, TensorRT format)"}
 
 
 def readme_section(res: dict, command: str) -> str:
@@ -515,7 +516,7 @@ def readme_section(res: dict, command: str) -> str:
                          f"{r['speedup']:.2f} [{r['speedup_ci'][0]:.2f}, {r['speedup_ci'][1]:.2f}] E {r['efficiency']:.2f}")
         c = counts[label]
         out.append(f"| {LABELS[label]} | {c['macs'] / 1e9:.2f} G | {c['params'] / 1e6:.1f} M | {' | '.join(cells)} |")
-    int8_models = [m for m in ("deit_base.int8", "vtp40.int8", "vtp40_nogather.int8", "vtp40.int8s8")
+    int8_models = [m for m in ("deit_base.int8", *(f"{v}.int8" for v in VTP40_MODELS), "vtp40.int8s8")
                    if any(r["model"] == m for r in rows)]
     int8_cols = sorted({r["batch"] for r in rows if r["precision"] == "int8"})
     out += ["", "| INT8 on ORT (same quantizer, synthetic calibration) | "

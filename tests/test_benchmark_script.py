@@ -48,7 +48,7 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
     assert RESULT_KEYS <= set(data)
     assert data["random_init"] is True and data["quick"] is True and data["importance"] == "weight_l1"
     for f in ("deit_base.onnx", "vtp20.onnx", "vtp40.onnx", "vtp40_none.onnx", "vtp40_nogather.onnx", "vtp40_nogather_heads.onnx",
-              "tp_uniform.onnx", "tp_bottleneck.onnx", "vtp40.int8.onnx", "deit_base.int8.onnx",
+              "tp_uniform.onnx", "tp_bottleneck.onnx", "vtp40.int8.onnx", "deit_base.int8.onnx", "vtp40_nogather_heads.int8.onnx",
               "vtp20.safetensors", "vtp20.json", "vtp40.safetensors", "vtp40.json"):
         assert (out / f).is_file(), f
     assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads"}
@@ -73,14 +73,15 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
     fp32 = ("vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads", "tp_uniform", "tp_bottleneck")
     assert {(r["model"], r["precision"], r["batch"]) for r in rows} == {
         (m, "fp32", b) for m in fp32 for b in (1, 2)} | {
-        (m, "int8", b) for m in ("vtp40.int8", "deit_base.int8", "vtp40_nogather.int8") for b in (1, 2)}
+        (m, "int8", b) for m in ("vtp40.int8", "deit_base.int8", "vtp40_nogather.int8", "vtp40_nogather_heads.int8")
+        for b in (1, 2)}
     for r in rows:
         assert r["efficiency"] == pytest.approx(r["speedup"] / r["mac_ratio"], rel=1e-2)
     assert data["int8_vs_fp32_unpruned_ort_b1"]["batch"] == 1
     assert data["int8_vs_fp32_unpruned_ort_b1"]["model"] == "vtp40.int8"
     by = {(r["model"], r["batch"]): r for r in rows}
     assert {(p["model"], p["batch"]) for p in data["int8_vtp40_vs_int8_deit_base"]} == {
-        (m, b) for m in ("vtp40.int8", "vtp40_nogather.int8") for b in (1, 2)}
+        (m, b) for m in ("vtp40.int8", "vtp40_nogather.int8", "vtp40_nogather_heads.int8") for b in (1, 2)}
     for pair in data["int8_vtp40_vs_int8_deit_base"]:  # same run: ratio of the two speedups vs fp32 DeiT-B
         expected = by[(pair["model"], pair["batch"])]["speedup"] / by[("deit_base.int8", pair["batch"])]["speedup"]
         assert pair["ratio"] == pytest.approx(expected, rel=0.02) and pair["ci"][0] <= pair["ratio"] <= pair["ci"][1]
@@ -94,7 +95,7 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
         assert 0.8 * macs < (prof["roles"]["linear"]["gmacs"] + prof["roles"]["attention"]["gmacs"]) * 1e9 <= macs
     targets = {t["target"].split(":")[0] for t in data["targets"]}
     assert {"E >= 1.0"} | {f"{v} >= 5% faster than tp_{m}" for v in vtp40_models for m in ("uniform", "bottleneck")} <= targets
-    for m in ("vtp40.int8", "vtp40_nogather.int8"):
+    for m in ("vtp40.int8", "vtp40_nogather.int8", "vtp40_nogather_heads.int8"):
         assert {f"INT8 VTP-40 >= 1.7x INT8 DeiT-B, ORT b1 ({m})", f"INT8 VTP-40 >= 3.5x fp32 DeiT-B, ORT b1 ({m})"} <= targets
     assert set(data["baseline_spread_pct"]) == {"ort|b1", "ort|b2"}
     for group, spread in data["baseline_spread_pct"].items():

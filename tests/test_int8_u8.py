@@ -113,7 +113,7 @@ def test_s8_default_unchanged(fp32_onnx, tmp_path):
     assert s_default == s_s8
     assert s_default["activation_type"] == "QInt8" and s_default["tensorrt_valid"] is True
     assert s_default["extra_options"] == {"ActivationSymmetric": True, "WeightSymmetric": True,
-                                          "QuantizeBias": False}
+                                          "QuantizeBias": False, "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     a, b = onnx.load(str(tmp_path / "d.onnx")), onnx.load(str(tmp_path / "s8.onnx"))
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
     for n, _, zp in _zero_points(a):

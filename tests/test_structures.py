@@ -249,3 +249,29 @@ def test_nogather_onnx_has_no_more_gathers_than_the_unpruned_model(tmp_path):
     default = gathers(vtpdeploy.compact(model, plan(model, 0.4, constraints=constraints_for("cpu"))).eval(), "cpu")
     p = plan(model, 0.4, constraints=constraints_for("cpu-nogather"))
     assert gathers(vtpdeploy.compact(model, p).eval(), "nogather") == unpruned < default  # the per-block input gathers are gone
+
+
+def test_whole_heads_split_qkv_like_the_unpruned_model(tmp_path):
+    """Whole-head V (every live V head full width) takes timm's one reshape/permute of qkv: the ONNX graph has
+    as many Split / Transpose / Slice nodes as the unpruned model's, not an extra Slice + Transpose per block."""
+    pytest.importorskip("onnxruntime")
+    from collections import Counter
+
+    import onnx
+
+    from vtpdeploy.deploy.export import export_onnx
+
+    def ops(module, name) -> Counter:
+        res = export_onnx(module, tmp_path / f"{name}.onnx", openvino=False)  # simplified, validated vs torch
+        return Counter(n.op_type for n in onnx.load(str(res.path)).graph.node)
+
+    model = gated_random(make_vit(depth=2), seed=8)
+    heads = vtpdeploy.compact(model, plan(model, 0.4, constraints=constraints_for("cpu-nogather"),
+                                          granularity="head")).eval()
+    dims = vtpdeploy.compact(model, plan(model, 0.4, constraints=constraints_for("cpu-nogather"))).eval()
+    assert all(b.attn.full_v for b in heads.blocks) and not any(b.attn.full_v for b in dims.blocks)
+    assert any(b.attn.removed_heads for b in heads.blocks)
+    unpruned, whole, narrow = ops(make_vit(depth=2), "unpruned"), ops(heads, "heads"), ops(dims, "dims")
+    for op in ("Split", "Transpose", "Slice"):
+        assert whole[op] == unpruned[op], op
+    assert narrow["Transpose"] > unpruned["Transpose"]  # narrower V heads still need their own transpose

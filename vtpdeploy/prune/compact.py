@@ -43,6 +43,9 @@ class CompactAttention(nn.Module):
         self.proj = nn.Linear(sum(v_dims), dim)
         self.uniform_v = len(set(v_dims)) == 1
         self.max_v = max(v_dims)
+        # Every live V head keeps all head_dim dims: Q, K and V split the qkv output in one reshape (one
+        # Split and one Transpose in the ONNX graph instead of two each).
+        self.full_v = self.uniform_v and self.max_v == head_dim
         pad_index, out_index, offset = [], [], 0
         for h, n in enumerate(v_dims):
             pad_index += [offset + j if j < n else sum(v_dims) for j in range(self.max_v)]
@@ -57,6 +60,10 @@ class CompactAttention(nn.Module):
         if self.gather_input:
             x = x.index_select(-1, self.in_index)
         qkv = self.qkv(x)
+        if self.full_v:  # V heads as wide as Q/K (whole heads): one reshape + permute for all three, as timm does
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         q, k = qkv[..., : self.qk_width].reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         v = qkv[..., self.qk_width :]
         if not self.uniform_v:

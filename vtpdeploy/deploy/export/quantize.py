@@ -85,7 +85,8 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, *, method
     try:
         with quiet():
             logging.getLogger().setLevel(logging.ERROR)
-            model_in = _shape_inferred(src, work / "pre.onnx") if preprocess else src
+            model_in = _linear_layout(src, work / "linear.onnx", calib, _fixed_batch(fp32), settings)
+            model_in = _shape_inferred(model_in, work / "pre.onnx") if preprocess else model_in
             nodes = None
             if weighted_only:
                 nodes = _weighted_nodes(model_in, op_types)
@@ -106,6 +107,33 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, *, method
     return settings
 
 
+LINEAR_LAYOUT_ATOL = 1e-4  # the rewrite only reorders float sums (no flattening); logits of O(1)
+
+
+def _linear_layout(src: Path, dst: Path, calib: np.ndarray, batch: int | None, settings: dict[str, Any]) -> Path:
+    """`src` with its Gemm linears written as MatMul + Add (`linear_layout.gemm_as_matmul`), checked
+    against `src` on the first calibration images (NumericalMismatchError beyond LINEAR_LAYOUT_ATOL); `src` itself
+    when there is nothing to rewrite."""
+    import onnx
+
+    from ...prune.numerics import assert_close
+    from ..runners import make_runner
+    from .linear_layout import gemm_as_matmul
+    from .onnx_export import run_batched
+
+    model = onnx.load(str(src))
+    settings["gemm_as_matmul"] = gemm_as_matmul(model)
+    if not settings["gemm_as_matmul"]:
+        return src
+    onnx.save(model, str(dst))
+    x = calib[: max(batch or 2, 2)]
+    with make_runner("ort", src, threads=1) as before, make_runner("ort", dst, threads=1) as after:
+        ref, out = run_batched(before, x, batch), run_batched(after, x, batch)
+    settings["gemm_as_matmul_max_abs_diff"] = assert_close(ref, out, LINEAR_LAYOUT_ATOL,
+                                                           "INT8 prep: Gemm -> MatMul + Add rewrite vs the fp32 model")
+    return dst
+
+
 def _check_arguments(method: str, activation_type: str, calib: np.ndarray) -> None:
     if method not in CALIBRATION_METHODS:
         raise VtpError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -121,7 +149,13 @@ def _settings(method: str, activation_type: str, per_channel: bool, op_types, pe
     u8 = activation_type == "u8"
     # QuantizeBias=False: biases stay float (TensorRT fuses them; it has no int32 DequantizeLinear).
     # u8: asymmetric activations (zero point chosen from the calibrated range), the fast U8S8 CPU path.
-    extra = {"ActivationSymmetric": not u8, "WeightSymmetric": True, "QuantizeBias": False}
+    # OpTypesToExcludeOutputQuantization: a linear layer's inputs get Q/DQ, its output does not. Its consumers (GELU,
+    # the attention reshapes, the residual Add) run in float, so an output Q/DQ pair only rounds the activation to
+    # 8 bits and costs a Q plus a DQ per consumer; ORT runs DQ -> MatMul as MatMulIntegerToFloat, and TensorRT wants
+    # Q/DQ on the inputs of weighted layers. Conv keeps its output Q/DQ: ORT fuses a Q/DQ'd Conv only with a
+    # quantized output (and a Gemm likewise, hence linear_layout rewrites every Gemm as a MatMul first).
+    extra = {"ActivationSymmetric": not u8, "WeightSymmetric": True, "QuantizeBias": False,
+             "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     if method == "Percentile":
         extra["CalibPercentile"] = percentile
     return {
