@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     op_profiles = _op_profiles(args, onnx_paths)
     t0 = time.time()
     timing = dict(batches=run.batches, baseline=str(onnx_paths["deit_base"]), warmup_s=run.warmup,
-                  duration_s=run.duration, threads=args.threads, progress=_say)
+                  duration_s=run.duration, threads=args.threads, block_iters=run.block, progress=_say)
     rep_fp32 = run_bench([str(onnx_paths[k]) for k in models if k != "deit_base"], backend=",".join(run.backends),
                          **timing)
     int8_vtp = [m for m in VTP40_MODELS if m in int8 or m == "vtp40"]  # the VTP-40-MAC models with an INT8 twin
@@ -146,6 +146,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batches", default=None, help="default 1,8 (quick: 1,2)")
     ap.add_argument("--duration-s", type=float, default=None, help="timed seconds per model per group")
     ap.add_argument("--warmup-s", type=float, default=None)
+    ap.add_argument("--block", type=int, default=None,
+                    help="calls per model per interleaved round (default 2: short rounds, so a load burst of a few "
+                         "seconds falls on every model of a round instead of on one model's long block)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--calib", type=int, default=None, help="INT8 calibration images (synthetic)")
     ap.add_argument("--no-int8-s8", action="store_true",
@@ -159,6 +162,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="rewrite the readme-numbers:deit-base block of this README with the results")
     ap.add_argument("--no-openvino", action="store_true")
     args = ap.parse_args(argv)
+    if args.block is not None and args.block < 1:
+        ap.error(f"--block {args.block}: needs at least 1 call per round")
     if args.readme and "<!-- readme-numbers:deit-base:start -->" not in (
             args.readme.read_text() if args.readme.is_file() else ""):
         ap.error(f"--readme {args.readme}: no readme-numbers:deit-base block to rewrite")
@@ -180,6 +185,7 @@ def _settings(args: argparse.Namespace) -> SimpleNamespace:
         duration=args.duration_s or (0.3 if quick else 6.0),
         warmup=args.warmup_s if args.warmup_s is not None else (0.1 if quick else 1.0),
         n_calib=args.calib or (4 if quick else 16),
+        block=args.block or 2,
         backends=backends,
     )
 

@@ -103,6 +103,8 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
                         and f"{r['backend']}|b{r['batch']}" == group)
         assert spread == pytest.approx(100 * (max(base_row["block_means_ms"]) / min(base_row["block_means_ms"]) - 1), abs=0.06)
     assert len(data["profile_compare_40"]) == 2
+    schedules = data["bench"]["fp32"]["schedules"] + data["bench"]["int8"]["schedules"]
+    assert schedules and all(sch["block_iters"] == 2 for sch in schedules)  # short interleaved rounds (--block)
     assert data["paper_check"] is None  # only for the real DeiT-B
     assert res["table"] == rows
 
@@ -154,6 +156,7 @@ def test_gate_overhead_smoke(tmp_path, capsys):
     ("latency_planning", ["--targets", "0"]),
     ("latency_planning", ["--backends", "trt"]),
     ("deit_base", ["--readme", "no-such-readme.md"]),
+    ("deit_base", ["--block", "0"]),
 ])
 def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys, script, argv):
     out = tmp_path / "out"

@@ -53,6 +53,7 @@ def test_gemm_as_matmul_is_exact(trans_b, bias):
     matmul = model.graph.node[2]
     weight = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == matmul.input[1]))
     assert weight.shape == (6, 4)  # [K, N] whatever transB was
+    assert ("w" in {i.name for i in model.graph.initializer}) == (not trans_b)  # no stale [N, K] copy left behind
     np.testing.assert_allclose(_ort(model, x), ref, rtol=0, atol=1e-6)
 
 

@@ -14,8 +14,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_numbers as rn  # noqa: E402
 
 
-def fake_run(tmp: Path, rec: dict, *, acc_shift: float = 0.0, params_scale: float = 1.0, torch: str = "9.9") -> Path:
-    run = tmp / "run"
+def fake_run(tmp: Path, rec: dict, *, acc_shift: float = 0.0, params_scale: float = 1.0, torch: str = "9.9",
+             cpu: str | None = None, name: str = "run") -> Path:
+    """A quickstart run dir with `rec`'s numbers (shifted), run on `cpu` (default: the main record's CPU)."""
+    run = tmp / name
     run.mkdir()
     report = {
         "accuracy": {k: v + acc_shift for k, v in rec["accuracy"].items()},
@@ -23,7 +25,8 @@ def fake_run(tmp: Path, rec: dict, *, acc_shift: float = 0.0, params_scale: floa
         "macs": rec["macs"], "compaction": {"max_abs_diff": rec["max_abs_diff"]}, "wall_seconds": 1.0,
     }
     (run / "report.json").write_text(json.dumps(report))
-    (run / "manifest.json").write_text(json.dumps({"packages": {**rec["packages"], "torch": torch}}))
+    (run / "manifest.json").write_text(json.dumps({"packages": {**rec["packages"], "torch": torch},
+                                                   "cpu": cpu or rec.get("cpu") or "test CPU"}))
     return run
 
 
@@ -67,3 +70,25 @@ def test_cli_check_exit_codes(tmp_path, readme_record):
     run = fake_run(tmp_path, readme_record, acc_shift=1.0)
     off = subprocess.run([sys.executable, str(script), "--check", str(run)], capture_output=True, text=True)
     assert off.returncode == 1 and "top-1" in off.stderr
+
+
+def test_a_run_is_checked_against_its_own_cpus_reference(tmp_path, readme_record):
+    """Seeded runs differ between CPU kinds: a run on a CPU with its own reference run is held to that one."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- readme-numbers:quickstart:start -->\nold\n<!-- readme-numbers:quickstart:end -->\n")
+    main = {k: v for k, v in readme_record.items() if k != "other_cpus"}
+    readme.write_text(rn.replace_block(readme.read_text(), "quickstart", rn.quickstart_table(main)))
+    other_cpu = "Other CPU 9000"
+    other_run = fake_run(tmp_path, main, acc_shift=1.1, cpu=other_cpu, name="other")
+    assert any("top-1" in p for p in rn.check(other_run, readme=readme))  # no reference for that CPU yet
+    assert rn.add_cpu(other_run, readme=readme) == other_cpu
+    record = rn.read_block_data(readme.read_text(), "quickstart")
+    assert record["other_cpus"][other_cpu]["accuracy"]["finetuned"] == pytest.approx(main["accuracy"]["finetuned"] + 1.1)
+    assert f"On {other_cpu} the same command gives" in readme.read_text()
+    assert rn.check(other_run, readme=readme) == []  # held to its own CPU's reference now
+    assert rn.check(fake_run(tmp_path, main, name="main"), readme=readme) == []  # the main CPU still to the main one
+    drift = fake_run(tmp_path, main, acc_shift=1.1 + 0.6, cpu=other_cpu, name="drift")
+    problems = rn.check(drift, readme=readme)
+    assert any("top-1" in p for p in problems) and any(other_cpu in p for p in problems)
+    with pytest.raises(SystemExit):  # the main record's CPU is regenerated, not added
+        rn.add_cpu(fake_run(tmp_path, main, name="same"), readme=readme)

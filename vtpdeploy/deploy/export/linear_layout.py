@@ -37,6 +37,7 @@ def gemm_as_matmul(model: onnx.ModelProto) -> int:
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     nodes: list[onnx.NodeProto] = []
+    transposed: set[str] = set()
     rewritten = 0
     for n in g.node:
         if not _plain_linear(n, inits):
@@ -44,6 +45,7 @@ def gemm_as_matmul(model: onnx.ModelProto) -> int:
             continue
         weight = n.input[1]
         if _attrs(n).get("transB", 0):
+            transposed.add(weight)
             weight = f"{weight}__kn"
             if weight not in inits:
                 inits[weight] = numpy_helper.from_array(numpy_helper.to_array(inits[n.input[1]]).T.copy(), weight)
@@ -63,4 +65,8 @@ def gemm_as_matmul(model: onnx.ModelProto) -> int:
     if rewritten:
         del g.node[:]
         g.node.extend(nodes)
+        used = {name for n in g.node for name in n.input}
+        stale = [i for i in g.initializer if i.name in transposed and i.name not in used]  # replaced by [K, N] copies
+        for init in stale:
+            g.initializer.remove(init)
     return rewritten
