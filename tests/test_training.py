@@ -222,6 +222,7 @@ def _ddp_worker(rank: int, folder: str) -> None:
         own = saved["rng_per_rank"][rank]["torch"] if "rng_per_rank" in saved else None
         expected = float(torch.rand(1, generator=torch.Generator().set_state(own))) if own is not None else None
         (ckpt.parent / f"rank{rank}.json").write_text(json.dumps({"draw": draws[0], "expected": expected}))
+        dist.barrier()  # both ranks done before gloo goes down: a rank torn down mid-collective aborts (SIGABRT)
     finally:
         dist.destroy_process_group()
 
