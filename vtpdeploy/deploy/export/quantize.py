@@ -107,7 +107,7 @@ def quantize_int8(src: str | Path, dst: str | Path, calib: np.ndarray, *, method
     return settings
 
 
-LINEAR_LAYOUT_ATOL = 1e-4  # the rewrite only reorders float sums (no flattening); logits of O(1)
+LINEAR_LAYOUT_ATOL = 1e-4  # same products and bias, at most another float summation order; logits are O(1)
 
 
 def _linear_layout(src: Path, dst: Path, calib: np.ndarray, batch: int | None, settings: dict[str, Any]) -> Path:
