@@ -149,7 +149,7 @@ def add_cpu(run_dir: Path, readme: Path = README) -> str:
     main = read_block_data(text, "quickstart")
     rec = quickstart_record(run_dir)
     if rec["cpu"] == main.get("cpu"):
-        raise SystemExit(f"error: {run_dir} ran on {rec['cpu']}, the CPU of the main record: regenerate instead")
+        raise ValueError(f"{run_dir} ran on {rec['cpu']}, the CPU of the main record: regenerate instead")
     other = dict(main.get("other_cpus") or {})
     other[rec["cpu"]] = {k: rec[k] for k in ("accuracy", "params", "macs", "packages")}
     atomic_write_text(readme, replace_block(text, "quickstart", quickstart_table({**main, "other_cpus": other})))
@@ -195,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.add_cpu / "report.json").is_file():
             print(f"error: {args.add_cpu}: no report.json (not a finished quickstart run dir)", file=sys.stderr)
             return 2
-        print(f"readme-numbers: recorded {args.add_cpu} as the reference run on {add_cpu(args.add_cpu)}")
+        try:
+            cpu = add_cpu(args.add_cpu)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"readme-numbers: recorded {args.add_cpu} as the reference run on {cpu}")
         return 0
     if args.check is not None:
         if not (args.check / "report.json").is_file():

@@ -90,5 +90,7 @@ def test_a_run_is_checked_against_its_own_cpus_reference(tmp_path, readme_record
     drift = fake_run(tmp_path, main, acc_shift=1.1 + 0.6, cpu=other_cpu, name="drift")
     problems = rn.check(drift, readme=readme)
     assert any("top-1" in p for p in problems) and any(other_cpu in p for p in problems)
-    with pytest.raises(SystemExit):  # the main record's CPU is regenerated, not added
+    before = readme.read_text()
+    with pytest.raises(ValueError, match="regenerate instead"):  # the main record's CPU is regenerated, not added
         rn.add_cpu(fake_run(tmp_path, main, name="same"), readme=readme)
+    assert readme.read_text() == before  # refused before anything is written

@@ -62,13 +62,12 @@ class CompactAttention(nn.Module):
         qkv = self.qkv(x)
         if self.full_v:  # V heads as wide as Q/K (whole heads): one reshape + permute for all three, as timm does
             q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v)
-            return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
-        q, k = qkv[..., : self.qk_width].reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        v = qkv[..., self.qk_width :]
-        if not self.uniform_v:
-            v = F.pad(v, (0, 1)).index_select(-1, self.v_pad_index)
-        v = v.reshape(B, N, self.num_heads, self.max_v).transpose(1, 2)
+        else:
+            q, k = qkv[..., : self.qk_width].reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            v = qkv[..., self.qk_width :]
+            if not self.uniform_v:
+                v = F.pad(v, (0, 1)).index_select(-1, self.v_pad_index)
+            v = v.reshape(B, N, self.num_heads, self.max_v).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.max_v)
         if not self.uniform_v:
