@@ -4,7 +4,8 @@
     python benchmarks/deit_base.py --out /tmp/deitb            # DeiT-B (random init), ~10 min on 2 cores
     python benchmarks/deit_base.py --out /tmp/q --quick        # tiny ViT smoke run (tests)
 
-Writes DIR/vtp20, DIR/vtp40 (vtpdeploy.save), DIR/vtp40_none (profile `none`, for the latency comparison),
+Writes DIR/vtp20, DIR/vtp40 (vtpdeploy.save), DIR/vtp40_gather (profile `cpu-gather`: the same widths, each
+block's own input dims, gathered), DIR/vtp40_none (profile `none`, for the latency comparison),
 DIR/vtp40_nogather (profile `cpu-nogather` at VTP-40's MACs), DIR/vtp40_nogather_heads (`cpu-nogather` with
 whole-head pruning, `granularity: head`, at VTP-40's MACs), the Torch-Pruning peers DIR/tp_uniform.onnx and
 DIR/tp_bottleneck.onnx at VTP-40's MACs (±1 %; needs the `bench` extra, else skipped with one line),
@@ -154,6 +155,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-int8-s8", action="store_true",
                     help="skip the s8-activation (TensorRT-format) INT8 model benchmarked beside the u8 one")
     ap.add_argument("--no-none", action="store_true", help="skip the profile none vs cpu comparison at 40 %%")
+    ap.add_argument("--no-gather", action="store_true",
+                    help="skip VTP-40 with profile cpu-gather (per-block input dims, gathered) beside cpu (sliced)")
     ap.add_argument("--no-nogather", action="store_true", help="skip the cpu-nogather models at VTP-40's MACs")
     ap.add_argument("--no-heads", action="store_true",
                     help="skip the cpu-nogather model with whole-head pruning at VTP-40's MACs")
@@ -211,6 +214,8 @@ def _compact_variants(args, run, base, gated, importance: str, sample, base_coun
 
     variants: list[tuple[str, float | None, str, str]] = [("vtp20", 0.2, args.profile, "dim"),
                                                           ("vtp40", 0.4, args.profile, "dim")]
+    if args.profile == "cpu" and not args.no_gather:  # the same widths, each block's own input dims (gathered)
+        variants.append(("vtp40_gather", 0.4, "cpu-gather", "dim"))
     if not args.no_none:
         variants.append(("vtp40_none", 0.4, "none", "dim"))
     if not args.no_nogather:  # rate None: the one at VTP-40's MACs
@@ -294,7 +299,7 @@ def _op_profiles(args, onnx_paths: dict[str, Path]) -> dict:
     """ONNX Runtime per-operator profile at batch 1 of DeiT-B and the VTP-40 models (and the peers)."""
     from vtpdeploy.deploy.bench.op_profile import ort_op_profile
 
-    labels = [k for k in ("deit_base", "vtp40", "vtp40_nogather", "vtp40_nogather_heads", "tp_bottleneck")
+    labels = [k for k in ("deit_base", "vtp40", "vtp40_gather", "vtp40_nogather", "vtp40_nogather_heads", "tp_bottleneck")
               if k in onnx_paths]
     return {k: ort_op_profile(onnx_paths[k], batch=1, threads=args.threads, iters=5 if args.quick else 20)
             for k in labels}
@@ -491,7 +496,9 @@ def paper_explanation(plans: dict) -> str:
         "Hardware rounding is not the cause: it keeps the realised rate within 0.02% of the requested one.")
 
 
-LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 %", "vtp40_none": "VTP-40 %, paper-faithful widths (`none`)",
+LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 % (`cpu`: inputs sliced)",
+          "vtp40_gather": "VTP-40 %, per-block inputs (`cpu-gather`: gathered)",
+          "vtp40_none": "VTP-40 %, paper-faithful widths (`none`)",
           "vtp40_nogather": "VTP-40 % MACs, gather-free (`cpu-nogather`)",
           "vtp40_nogather_heads": "VTP-40 % MACs, gather-free, whole heads (`granularity: head`)", "tp_uniform": "Torch-Pruning uniform",
           "tp_bottleneck": "Torch-Pruning bottleneck", "vtp40.int8": "VTP-40 % INT8 (u8 act.)",

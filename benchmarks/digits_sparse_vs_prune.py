@@ -1,8 +1,9 @@
 """Digits: VTP (sparse training, then prune by gates) vs prune-only (no sparse training, weight L1),
 at 20 / 40 / 60 %, plus VTP-40 % with knowledge distillation from the unpruned model and VTP-40 % with
 paper-faithful widths (`prune.hardware=none`) instead of the default `cpu` profile, and the structures
-of issue 13: gather-free compact models (`prune.hardware=cpu-nogather`) and whole-head pruning
-(`prune.granularity=head` / `head+dim`) at 40 / 60 %.
+of issue 13: gather-free compact models (`prune.hardware=cpu-nogather`), whole-head pruning
+(`prune.granularity=head` / `head+dim`) at 40 / 60 %, and `prune.hardware=cpu-gather` (each block keeps its own
+qkv/fc1 input dims, gathered) against the default `cpu` (one shared ranking of them, sliced).
 
     python benchmarks/digits_sparse_vs_prune.py --out runs/digits_cmp [--recipe recipes/quickstart.yaml]
 
@@ -44,6 +45,9 @@ ARMS = [
     ("headdim60", "VTP, heads + V dims (head+dim)", ["prune.rate=0.6", "prune.granularity=head+dim"]),
     ("nogather60_hd", "VTP, gather-free + head+dim", ["prune.rate=0.6", "prune.hardware=cpu-nogather",
                                                        "prune.granularity=head+dim"]),
+    # the default `cpu` shares one ranking of the qkv/fc1 inputs (sliced); `cpu-gather` lets each block pick its own
+    ("gather40", "VTP, per-block inputs (cpu-gather)", ["prune.rate=0.4", "prune.hardware=cpu-gather"]),
+    ("gather60", "VTP, per-block inputs (cpu-gather)", ["prune.rate=0.6", "prune.hardware=cpu-gather"]),
 ]
 
 

@@ -30,7 +30,7 @@ COUNT_TOL = 0.02
 STAGES = ("unpruned", "pruned", "finetuned")
 # The digits arms the README shows (benchmarks/digits_sparse_vs_prune.py has more).
 README_ARMS = ("vtp20", "vtp40", "vtp60", "only20", "only40", "only60", "vtp40_kd", "vtp40_none",
-               "nogather40", "nogather60", "nogather60_hd", "head60", "headdim60")
+               "gather40", "gather60", "nogather40", "nogather60", "nogather60_hd", "head60", "headdim60")
 
 
 def _block_re(name: str) -> re.Pattern:
@@ -141,6 +141,15 @@ def check(run_dir: Path, readme: Path = README) -> list[str]:
     return problems
 
 
+def kept_references(main: dict, cpu: str) -> dict:
+    """The reference runs of the CPUs other than `cpu` once a run on `cpu` becomes the main record: the
+    other_cpus entries, plus the old main record when it ran on another CPU (so its CPU stays checkable)."""
+    other = {c: o for c, o in (main.get("other_cpus") or {}).items() if c != cpu}
+    if main.get("cpu") and main["cpu"] != cpu and "accuracy" in main:
+        other[main["cpu"]] = {k: main[k] for k in ("accuracy", "params", "macs", "packages") if k in main}
+    return other
+
+
 def add_cpu(run_dir: Path, readme: Path = README) -> str:
     """Record `run_dir` in the README quickstart block as the reference run for its CPU model; returns the CPU."""
     from vtpdeploy.fileio import atomic_write_text
@@ -165,8 +174,7 @@ def regenerate(out: Path, skip_digits: bool) -> None:
     console = Console(stderr=True)
     run_pipeline(load_recipe(None), out / "quickstart", console)
     rec = quickstart_record(out / "quickstart")
-    other = {cpu: o for cpu, o in (read_block_data(README.read_text(), "quickstart").get("other_cpus") or {}).items()
-             if cpu != rec["cpu"]}  # the other CPUs' reference runs stay
+    other = kept_references(read_block_data(README.read_text(), "quickstart"), rec["cpu"])
     if other:
         rec["other_cpus"] = other
     text = replace_block(README.read_text(), "quickstart", quickstart_table(rec))

@@ -51,7 +51,7 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
               "tp_uniform.onnx", "tp_bottleneck.onnx", "vtp40.int8.onnx", "deit_base.int8.onnx", "vtp40_nogather_heads.int8.onnx",
               "vtp20.safetensors", "vtp20.json", "vtp40.safetensors", "vtp40.json"):
         assert (out / f).is_file(), f
-    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads"}
+    assert set(data["plans"]) == {"vtp20", "vtp40", "vtp40_gather", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads"}
     for label, p in data["plans"].items():
         assert PLAN_KEYS <= set(p)
         assert p["hardware_violations"] == []
@@ -59,6 +59,9 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
         if not label.startswith("vtp40_nogather"):  # their rate is searched for VTP-40's MACs
             assert abs(p["realised_rate"] - p["requested_rate"]) <= 0.02
     assert data["plans"]["vtp40"]["profile"] == "cpu" and data["plans"]["vtp40_none"]["profile"] == "none"
+    gather = data["plans"]["vtp40_gather"]  # the same widths as cpu, only which input dims differ
+    assert gather["profile"] == "cpu-gather" and (gather["params"], gather["macs"]) == (
+        data["plans"]["vtp40"]["params"], data["plans"]["vtp40"]["macs"])
     assert data["plans"]["vtp40_nogather"]["profile"] == "cpu-nogather"
     heads = data["plans"]["vtp40_nogather_heads"]
     assert heads["profile"] == "cpu-nogather" and heads["granularity"] == "head"
@@ -70,7 +73,7 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
         assert peer["mode"] == mode and abs(peer["macs"] / vtp40_macs - 1) <= 0.01
     rows = data["table"]
     assert rows and all(ROW_KEYS <= set(r) for r in rows)
-    fp32 = ("vtp20", "vtp40", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads", "tp_uniform", "tp_bottleneck")
+    fp32 = ("vtp20", "vtp40", "vtp40_gather", "vtp40_none", "vtp40_nogather", "vtp40_nogather_heads", "tp_uniform", "tp_bottleneck")
     assert {(r["model"], r["precision"], r["batch"]) for r in rows} == {
         (m, "fp32", b) for m in fp32 for b in (1, 2)} | {
         (m, "int8", b) for m in ("vtp40.int8", "deit_base.int8", "vtp40_nogather.int8", "vtp40_nogather_heads.int8")
@@ -88,7 +91,7 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
     vtp40_models = ("vtp40", "vtp40_nogather", "vtp40_nogather_heads")
     assert {(r["model"], r["vs"], r["batch"]) for r in data["vtp40_vs_peers"]} == {
         (v, f"tp_{m}", b) for v in vtp40_models for m in ("uniform", "bottleneck") for b in (1, 2)}
-    assert set(data["op_profile_ort_b1"]) == {"deit_base", *vtp40_models, "tp_bottleneck"}
+    assert set(data["op_profile_ort_b1"]) == {"deit_base", *vtp40_models, "vtp40_gather", "tp_bottleneck"}
     assert data["op_profile_ort_b1"]["vtp40"]["ops"]["MatMul"]["ms"] > 0
     for label, prof in data["op_profile_ort_b1"].items():  # the linear role holds every linear MAC of the ONNX model
         macs = data["unpruned"]["macs"] if label == "deit_base" else (data["plans"].get(label) or data["peers"][label])["macs"]
@@ -113,7 +116,7 @@ def test_deit_base_skips_the_peer_arm_in_one_line_without_its_extra(tmp_path, ca
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # as if the `bench` extra were not installed
     out = tmp_path / "bench"
     res = _load("deit_base").main(["--out", str(out), "--quick", "--no-openvino", "--no-none", "--no-nogather",
-                                   "--no-int8-s8", "--batches", "1"])
+                                   "--no-gather", "--no-int8-s8", "--batches", "1"])
     printed = capsys.readouterr().out
     skip_lines = [line for line in printed.splitlines() if "Torch-Pruning arm skipped" in line]
     assert len(skip_lines) == 1 and "bench" in skip_lines[0]

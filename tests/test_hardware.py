@@ -34,7 +34,7 @@ def mid_model():
 
 
 def test_profiles_and_lookup():
-    assert set(PROFILES) == {"none", "cpu", "cpu-nogather", "gpu-fp16", "gpu-int8", "jetson-orin"}
+    assert set(PROFILES) == {"none", "cpu", "cpu-gather", "cpu-nogather", "gpu-fp16", "gpu-int8", "jetson-orin"}
     for name in PROFILES:
         c = constraints_for(name)
         assert isinstance(c, WidthConstraints) and c.profile == name

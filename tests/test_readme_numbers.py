@@ -94,3 +94,16 @@ def test_a_run_is_checked_against_its_own_cpus_reference(tmp_path, readme_record
     with pytest.raises(ValueError, match="regenerate instead"):  # the main record's CPU is regenerated, not added
         rn.add_cpu(fake_run(tmp_path, main, name="same"), readme=readme)
     assert readme.read_text() == before  # refused before anything is written
+
+
+def test_regenerating_on_another_cpu_keeps_the_old_main_record_as_a_reference(readme_record):
+    """A regeneration on CPU B makes B the main record; A's reference run must stay, or CI on A would fail."""
+    main = {k: v for k, v in readme_record.items() if k != "other_cpus"}
+    main["cpu"] = "CPU A"
+    main["other_cpus"] = {"CPU B": {"accuracy": {"finetuned": 1.0}}, "CPU C": {"accuracy": {"finetuned": 2.0}}}
+    kept = rn.kept_references(main, "CPU B")
+    assert set(kept) == {"CPU A", "CPU C"}  # B is the new main record; A moves to the references
+    assert kept["CPU A"]["accuracy"] == main["accuracy"] and kept["CPU A"]["params"] == main["params"]
+    assert kept["CPU C"] == {"accuracy": {"finetuned": 2.0}}
+    same = rn.kept_references(main, "CPU A")  # regenerating on the main record's CPU replaces it
+    assert set(same) == {"CPU B", "CPU C"}

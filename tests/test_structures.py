@@ -1,5 +1,5 @@
-"""Issue 13 structures: gather-free compact models (`cpu-nogather`), dead heads removed whole, and
-head-granular plans (`granularity` head / head+dim). Each is exact against the hard-mask model."""
+"""Issue 13 structures: gather-free compact models (`cpu-nogather`; `cpu`, whose inputs are sliced), dead heads
+removed whole, and head-granular plans (`granularity` head / head+dim). Each is exact against the hard-mask model."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def _check_structure(model, p, small, profile: str, granularity: str) -> None:
         if profile == "cpu-nogather":
             assert attn.qkv.in_features == blk.mlp.fc1.in_features == D
             assert not attn.gather_input and not blk.mlp.gather_input
+        if p.constraints.shared_input_order:  # `cpu`: pruned inputs are slices of the reordered residual stream
+            assert not attn.gather_input and not blk.mlp.gather_input
+            assert attn.slice_input == (attn.in_width < D) and blk.mlp.slice_input == (blk.mlp.in_width < D)
         if granularity == "head":
             assert set(live) == {hd}  # whole heads only
         if profile != "none":

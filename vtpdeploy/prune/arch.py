@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import nn
 
 from ..errors import UnsupportedModelError
@@ -34,6 +34,16 @@ class ArchSpec(BaseModel):
     gated: bool = False
     blocks: list[BlockWidths] | None = None  # None: the original timm blocks
     data_config: dict[str, Any] = Field(default_factory=dict)
+    # True: the residual stream is reordered so every block's kept LayerNorm outputs are a prefix (sliced).
+    input_slices: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_default_slices(self, handler):
+        # Models saved before input_slices existed keep byte-identical architecture files.
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("input_slices"):
+            data.pop("input_slices", None)
+        return data
 
 
 def create_timm(name: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:

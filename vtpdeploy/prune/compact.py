@@ -7,6 +7,8 @@ call and gathering the real columns before proj. A head with no kept V dim has n
 removed whole: its Q/K rows go, and with them its QK^T, softmax and share of the reshapes. A block
 whose every head is dead is refused (PlanError; the plan format needs at least one kept V dim).
 A block whose qkv_in / mlp_in gates keep every dim reads the LayerNorm output directly (no gather).
+When the kept qkv_in / mlp_in sets of all blocks nest (`shared_input_order` plans), the residual stream
+is put in one order in which each is a prefix (`residual.py`), and blocks slice instead of gathering.
 """
 
 from __future__ import annotations
@@ -21,23 +23,34 @@ from ..errors import CheckpointError, PlanError
 from .arch import ArchSpec, BlockWidths, create_timm, describe
 from .gates import check_supported, iter_gates
 from .plan import apply_mask
+from .residual import RestoreOrder, permute_outer, residual_order
 from .schema import PrunePlan
 from .sites import site_linear
+
+
+def _input_selection(module: nn.Module, dim: int, in_width: int, slice_input: bool) -> tuple[int, bool, bool]:
+    """(in_width, slice, gather) for a block input of `in_width` of `dim` residual dims. A gathering module
+    holds its kept dims in the persistent `in_index` buffer; a slicing one needs none (they are a prefix)."""
+    pruned = in_width != dim
+    if not slice_input:
+        module.register_buffer("in_index", torch.arange(in_width), persistent=True)
+    return in_width, pruned and slice_input, pruned and not slice_input
 
 
 class CompactAttention(nn.Module):
     """Self-attention with kept input dims, full Q/K heads and per-head V widths `v_dims`."""
 
-    def __init__(self, dim: int, in_width: int, num_heads: int, head_dim: int, v_dims: list[int], bias: bool):
-        """`num_heads` / `v_dims`: the source model's heads and V dims per head; heads with 0 V dims are dropped."""
+    def __init__(self, dim: int, in_width: int, num_heads: int, head_dim: int, v_dims: list[int], bias: bool,
+                 slice_input: bool = False):
+        """`num_heads` / `v_dims`: the source model's heads and V dims per head; heads with 0 V dims are dropped.
+        `slice_input`: the kept inputs are the first `in_width` dims of the (reordered) residual stream."""
         super().__init__()
         if len(v_dims) != num_heads or sum(v_dims) < 1:
             raise PlanError(f"attention needs {num_heads} V widths with at least one kept dim, got {v_dims}")
         self.removed_heads = [h for h, n in enumerate(v_dims) if n == 0]
         v_dims = [int(n) for n in v_dims if n]
         self.num_heads, self.head_dim, self.v_dims = len(v_dims), head_dim, v_dims
-        self.gather_input = in_width != dim
-        self.register_buffer("in_index", torch.arange(in_width), persistent=True)
+        self.in_width, self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
         self.qk_width = 2 * self.num_heads * head_dim
         self.qkv = nn.Linear(in_width, self.qk_width + sum(v_dims), bias=bias)
         self.proj = nn.Linear(sum(v_dims), dim)
@@ -59,6 +72,8 @@ class CompactAttention(nn.Module):
         B, N, _ = x.shape
         if self.gather_input:
             x = x.index_select(-1, self.in_index)
+        elif self.slice_input:
+            x = x[..., : self.in_width]
         qkv = self.qkv(x)
         if self.full_v:  # V heads as wide as Q/K (whole heads): one reshape + permute for all three, as timm does
             q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -82,10 +97,10 @@ class CompactAttention(nn.Module):
 class CompactMlp(nn.Module):
     """fc2(act(fc1(x[..., in_index]))) with kept input dims and a pruned hidden width."""
 
-    def __init__(self, dim: int, in_width: int, hidden: int, act: nn.Module, bias: bool = True):
+    def __init__(self, dim: int, in_width: int, hidden: int, act: nn.Module, bias: bool = True,
+                 slice_input: bool = False):
         super().__init__()
-        self.gather_input = in_width != dim
-        self.register_buffer("in_index", torch.arange(in_width), persistent=True)
+        self.in_width, self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
         self.fc1 = nn.Linear(in_width, hidden, bias=bias)
         self.act = act
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
@@ -93,6 +108,8 @@ class CompactMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gather_input:
             x = x.index_select(-1, self.in_index)
+        elif self.slice_input:
+            x = x[..., : self.in_width]
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -100,12 +117,12 @@ class CompactBlock(nn.Module):
     """Pre-norm transformer block; LayerScale is folded into proj/fc2."""
 
     def __init__(self, dim: int, widths: BlockWidths, num_heads: int, head_dim: int, qkv_bias: bool,
-                 norm1: nn.Module, norm2: nn.Module, act: nn.Module):
+                 norm1: nn.Module, norm2: nn.Module, act: nn.Module, slice_input: bool = False):
         super().__init__()
         self.norm1 = norm1
-        self.attn = CompactAttention(dim, widths.qkv_in, num_heads, head_dim, widths.v_dims, qkv_bias)
+        self.attn = CompactAttention(dim, widths.qkv_in, num_heads, head_dim, widths.v_dims, qkv_bias, slice_input)
         self.norm2 = norm2
-        self.mlp = CompactMlp(dim, widths.mlp_in, widths.mlp_hidden, act)
+        self.mlp = CompactMlp(dim, widths.mlp_in, widths.mlp_hidden, act, slice_input=slice_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -120,14 +137,17 @@ def build(spec: ArchSpec) -> nn.Module:
     if spec.blocks is not None:
         if len(spec.blocks) != len(model.blocks):
             raise CheckpointError(f"architecture lists {len(spec.blocks)} blocks, model has {len(model.blocks)}")
-        model.blocks = nn.Sequential(*[_skeleton_block(model, i, w) for i, w in enumerate(spec.blocks)])
+        model.blocks = nn.Sequential(*[_skeleton_block(model, i, w, spec.input_slices)
+                                       for i, w in enumerate(spec.blocks)])
+        if spec.input_slices:  # the trunk runs on a reordered residual stream; the final norm restores the order
+            model.norm = RestoreOrder(model.norm, model.embed_dim)
     elif spec.gated:
         add_gates(model)
     model.vtp_spec = spec.model_copy(deep=True)
     return model
 
 
-def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths) -> CompactBlock:
+def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths, slice_input: bool) -> CompactBlock:
     ref = model.blocks[index]
     attn = ref.attn
     return CompactBlock(
@@ -139,6 +159,7 @@ def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths) -> Compac
         norm1=copy.deepcopy(ref.norm1),
         norm2=copy.deepcopy(ref.norm2),
         act=copy.deepcopy(ref.mlp.act),
+        slice_input=slice_input,
     )
 
 
@@ -160,7 +181,10 @@ def _layer_scale(module: nn.Module, dim: int, like: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str) -> dict[str, torch.Tensor]:
+def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
+                         order: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The compact block's tensors. `order`: the residual stream's new order (residual.py), or None: kept
+    input dims are then gathered through `in_index`; with an order they are its first dims (a slice)."""
     attn, mlp = block.attn, block.mlp
     dim = attn.proj.linear.out_features
     A = attn.num_heads * attn.head_dim
@@ -168,38 +192,48 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str)
     def kept(kind: str, device) -> torch.Tensor:
         return torch.tensor(plan.gate(b, kind).kept, dtype=torch.long, device=device)
 
+    def inputs(kind: str, device) -> torch.Tensor:
+        """The residual dims a block input reads, in the order its Linear's columns will have."""
+        return kept(kind, device) if order is None else order.to(device)[: len(plan.gate(b, kind).kept)]
+
+    def stream(t: torch.Tensor) -> torch.Tensor:
+        """A tensor indexed by the residual stream on dim 0, in the stream's order."""
+        return t if order is None else t.index_select(0, order.to(t.device))
+
     state: dict[str, torch.Tensor] = {}
     # qkv: keep gated input columns (gate folded), all Q/K rows, kept V rows.
     qkv = attn.qkv.linear
-    k_in = kept("qkv_in", qkv.weight.device)
+    k_in = inputs("qkv_in", qkv.weight.device)
     k_v = kept("attn_v", qkv.weight.device)
     hd = attn.head_dim
     live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
     qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live])
     rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
     w = qkv.weight[:, k_in] * attn.qkv.gate[k_in]
-    state[f"{prefix}attn.in_index"] = k_in.cpu()
+    if order is None:
+        state[f"{prefix}attn.in_index"] = k_in.cpu()
     state[f"{prefix}attn.qkv.weight"] = w[rows]
     if qkv.bias is not None:
         state[f"{prefix}attn.qkv.bias"] = qkv.bias[rows]
     # proj: kept V columns with the attn_v gate folded; LayerScale folded into rows.
     proj = attn.proj.linear
     g1 = _layer_scale(block.ls1, dim, proj.weight)
-    state[f"{prefix}attn.proj.weight"] = g1[:, None] * proj.weight[:, k_v] * attn.proj.gate[k_v]
-    state[f"{prefix}attn.proj.bias"] = g1 * proj.bias if proj.bias is not None else torch.zeros_like(g1)
+    state[f"{prefix}attn.proj.weight"] = stream(g1[:, None] * proj.weight[:, k_v] * attn.proj.gate[k_v])
+    state[f"{prefix}attn.proj.bias"] = stream(g1 * proj.bias if proj.bias is not None else torch.zeros_like(g1))
     # MLP
     fc1, fc2 = mlp.fc1.linear, mlp.fc2.linear
-    k_mi = kept("mlp_in", fc1.weight.device)
+    k_mi = inputs("mlp_in", fc1.weight.device)
     k_h = kept("mlp_hidden", fc1.weight.device)
-    state[f"{prefix}mlp.in_index"] = k_mi.cpu()
+    if order is None:
+        state[f"{prefix}mlp.in_index"] = k_mi.cpu()
     state[f"{prefix}mlp.fc1.weight"] = (fc1.weight[:, k_mi] * mlp.fc1.gate[k_mi])[k_h]
     state[f"{prefix}mlp.fc1.bias"] = fc1.bias[k_h]
     g2 = _layer_scale(block.ls2, dim, fc2.weight)
-    state[f"{prefix}mlp.fc2.weight"] = g2[:, None] * fc2.weight[:, k_h] * mlp.fc2.gate[k_h]
-    state[f"{prefix}mlp.fc2.bias"] = g2 * fc2.bias
+    state[f"{prefix}mlp.fc2.weight"] = stream(g2[:, None] * fc2.weight[:, k_h] * mlp.fc2.gate[k_h])
+    state[f"{prefix}mlp.fc2.bias"] = stream(g2 * fc2.bias)
     for name in ("norm1", "norm2"):
         for pname, p in getattr(block, name).state_dict().items():
-            state[f"{prefix}{name}.{pname}"] = p
+            state[f"{prefix}{name}.{pname}"] = stream(p) if p.dim() == 1 and p.numel() == dim else p
     return state
 
 
@@ -217,10 +251,18 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
         if not plan.gate(b, "attn_v").kept:
             raise PlanError(f"blocks.{b}: attention needs at least one kept dim of attn_v (every head is dead; "
                             "the plan format cannot drop a whole attention)")
-    spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan)})
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    order = residual_order(plan)
+    outer = permute_outer(state, order) if order is not None else None
+    if outer is None:
+        order = None  # a tensor outside the residual map: keep the gathers
+    else:
+        state = outer
+    order_t = torch.tensor(order, dtype=torch.long) if order is not None else None
+    spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan),
+                                              "input_slices": order is not None})
     for b, block in enumerate(model.blocks):
-        state.update(_compact_block_state(block, plan, b, f"blocks.{b}."))
+        state.update(_compact_block_state(block, plan, b, f"blocks.{b}.", order_t))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     new = build(spec).to(device=device, dtype=dtype)

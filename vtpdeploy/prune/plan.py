@@ -7,6 +7,8 @@ hardware profile) allow while keeping the total, and `widths.gate_plans` picks t
 Kinds the constraints keep full (`keep_full`, e.g. the `cpu-nogather` profile) are left out of the
 ranking and the others remove their share too, so the plan still removes `rate` of all gated dims.
 Under `granularity="head"` a head's V dims are ranked as one unit: each scores its head's mean.
+Under `shared_input_order` (the `cpu` profile) the qkv_in / mlp_in counts come from the same threshold, but
+their kept dims are the top of one ranking shared by all blocks (`widths.gate_plans`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 | profile       | round_to (qkv_in / V per head / mlp_in / mlp_hidden) | V heads aligned | allowed V head dims | min widths (qkv_in, mlp_in, mlp_hidden) |
 |---------------|-------------------------------------------------------|-----------------|---------------------|------------------------------------------|
 | `none`        | 1 / 1 / 1 / 1 (paper-faithful)                        | no              | any                 | 1                                        |
-| `cpu`         | 16 / 8 / 16 / 32 (AVX-512 fp32 = 16 lanes)            | yes             | multiples of 8      | 32, 32, 64                               |
+| `cpu`         | 16 / 8 / 16 / 32 (AVX-512 fp32 = 16 lanes); qkv_in / mlp_in share one residual ranking (sliced) | yes | multiples of 8 | 32, 32, 64 |
+| `cpu-gather`  | as `cpu`, but each block keeps its own best qkv_in / mlp_in dims (gathered) | yes   | multiples of 8      | 32, 32, 64                               |
 | `cpu-nogather`| as `cpu`; qkv_in and mlp_in kept full (`keep_full`)   | yes             | multiples of 8      | full, full, 64                           |
 | `gpu-fp16`    | 8 / 8 / 8 / 64 (tensor cores, fused MHA %8)           | yes             | 16..256, %8         | 64, 64, 128                              |
 | `gpu-int8`    | 32 / 16 / 32 / 64 (INT8 tensor-core tiles)            | yes             | {16, 32, 64}        | 64, 64, 128                              |
@@ -24,6 +25,12 @@ d_v == d_qk; then a pruned V head falls back to the unfused path — measure (vt
 every block reads the full LayerNorm output, so the compact model has no `index_select` before qkv
 and fc1 (the Gather that cost 5 % of DeiT-B VTP-40 on ORT), and per removed dim the MACs saved are
 about the same (a qkv_in dim saves ≈ 2·A + V MACs per token, an attn_v or mlp_hidden dim ≈ 2·D).
+
+`cpu` keeps all four VTP sites, but every qkv_in / mlp_in gate keeps the top of one ranking of the residual
+dims shared by all blocks (`shared_input_order`). Their kept sets then nest, and compaction orders the
+residual stream once so that each block's kept inputs are a prefix: a `Slice` instead of a `Gather`, at any
+rate (`cpu-nogather` cannot go above 5/7 of the gated dims). `cpu-gather` lets each block keep its own best
+input dims (the `cpu` profile before the shared ranking), at the cost of a Gather per block input.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..errors import PlanError
+from .residual import residual_order
 from .schema import PrunePlan, WidthConstraints
-from .sites import read_dims
+from .sites import INPUT_KINDS, read_dims
 from .widths import feasible_counts
 
 _FP16_HEAD_DIMS = list(range(16, 257, 8))
@@ -53,12 +61,16 @@ _CPU = WidthConstraints(
     head_aligned_v=True,
     v_head_dims=None,
     min_width={"qkv_in": 32, "mlp_in": 32, "mlp_hidden": 64},
+    shared_input_order=True,
 )
 
 PROFILES: dict[str, WidthConstraints] = {
     "none": WidthConstraints(profile="none"),
     "cpu": _CPU,
-    "cpu-nogather": _CPU.model_copy(update={"profile": "cpu-nogather", "keep_full": ["qkv_in", "mlp_in"]},
+    "cpu-gather": _CPU.model_copy(update={"profile": "cpu-gather", "shared_input_order": False},
+                                  deep=True),  # as cpu, each block's own qkv/fc1 inputs (gathered)
+    "cpu-nogather": _CPU.model_copy(update={"profile": "cpu-nogather", "keep_full": ["qkv_in", "mlp_in"],
+                                            "shared_input_order": False},
                                     deep=True),  # as cpu, qkv/fc1 inputs never pruned
     "gpu-fp16": WidthConstraints(
         profile="gpu-fp16",
@@ -75,6 +87,7 @@ PROFILES: dict[str, WidthConstraints] = {
 LIMITS: dict[str, dict] = {
     "none": {},
     "cpu": {},
+    "cpu-gather": {},
     "cpu-nogather": {},
     "gpu-fp16": {"qk_head_dims": _FP16_HEAD_DIMS},
     "gpu-int8": {"qk_head_dims": _INT8_HEAD_DIMS, "max_seq": 512},
@@ -83,7 +96,8 @@ LIMITS: dict[str, dict] = {
 
 NOTES: dict[str, str] = {
     "none": "paper-faithful: exact global threshold, uneven V heads (padded per head at run time)",
-    "cpu": "x86 ORT/OpenVINO: AVX-512-friendly multiples, equal V heads (no pad/gather)",
+    "cpu": "x86 ORT/OpenVINO: AVX-512-friendly multiples, equal V heads, qkv/fc1 inputs sliced (no pad/gather)",
+    "cpu-gather": "as cpu, but each block keeps its own best qkv/fc1 inputs (an input Gather per block)",
     "cpu-nogather": "as cpu, but qkv/fc1 inputs kept full (no input Gather); the rate goes to V and MLP hidden",
     "gpu-fp16": "TensorRT FP16: multiples of 8, fused MHA head dims 16..256 (%8)",
     "gpu-int8": "TensorRT INT8: multiples of 32, fused MHA head dims {16,32,64}, seq <= 512",
@@ -120,7 +134,13 @@ def check_plan(plan: PrunePlan, constraints: WidthConstraints | None = None) -> 
     if c.head_aligned_v or c.v_head_dims or c.granularity == "head":
         for b in range(plan.num_blocks):
             bad += _check_v(f"blocks.{b}", plan.v_dims_per_head(b), c, plan.head_dim)
+    if c.shared_input_order and residual_order(plan) is None and _pruned_inputs(plan):
+        bad.append(f"qkv_in / mlp_in kept dims are not nested, as profile {c.profile} needs (one shared ranking)")
     return bad
+
+
+def _pruned_inputs(plan: PrunePlan) -> bool:
+    return any(len(g.kept) < g.size for g in plan.gates if g.kind in INPUT_KINDS)
 
 
 def _check_v(where: str, v: list[int], c: WidthConstraints, head_dim: int) -> list[str]:
@@ -161,6 +181,8 @@ def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | N
                 bad.append(f"blocks.{i}.{kind}: width {w} below the minimum {lo}")
         if c.head_aligned_v or c.v_head_dims or c.granularity == "head":
             bad += _check_v(f"blocks.{i}", blk.v_dims, c, blk.head_dim)
+        if c.shared_input_order and (model.blocks[i].attn.gather_input or model.blocks[i].mlp.gather_input):
+            bad.append(f"blocks.{i}: gathers its LayerNorm output; profile {c.profile} slices it")
         qk = limits.get("qk_head_dims")
         if qk is not None and blk.head_dim not in qk:
             bad.append(f"blocks.{i}: Q/K head dim {blk.head_dim} not in the fused-MHA set for {c.profile}")

@@ -39,6 +39,9 @@ class WidthConstraints(BaseModel):
                     "the compact model has no input gathers)")
     granularity: Granularity = Field(
         "dim", description="attn_v: dim (per V dim), head (whole heads only), head+dim (whole heads and V dims)")
+    shared_input_order: bool = Field(
+        False, description="qkv_in / mlp_in keep the top dims of one ranking shared by all blocks, so their kept "
+                           "sets are nested and the compact model slices the LayerNorm output instead of gathering")
 
     @field_validator("keep_full")
     @classmethod
@@ -50,9 +53,11 @@ class WidthConstraints(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
-        # Plans written before keep_full/granularity existed stay byte-identical.
+        # Plans written before keep_full/granularity/shared_input_order existed stay byte-identical.
         data = handler(self)
         if isinstance(data, dict):
+            if not data.get("shared_input_order"):
+                data.pop("shared_input_order", None)
             if not data.get("keep_full"):
                 data.pop("keep_full", None)
             if data.get("granularity") == "dim":

@@ -34,6 +34,9 @@ SITES: dict[str, tuple[str, str]] = {  # kind -> (block attribute, Linear attrib
     "mlp_hidden": ("mlp", "fc2"),
 }
 
+# The gates on LayerNorm outputs (the residual stream entering qkv / fc1); compaction selects their kept dims.
+INPUT_KINDS: tuple[str, ...] = ("qkv_in", "mlp_in")
+
 # Compaction folds kept gate values and LayerScale into these Linears' biases, so they must have one.
 BIASED_KINDS: tuple[str, ...] = ("attn_v", "mlp_in", "mlp_hidden")
 

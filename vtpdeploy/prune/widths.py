@@ -14,7 +14,8 @@ Three steps turn importance scores into a hardware-friendly plan:
    per-gate rounding drifts: with a global τ, most gates are near-full or near-empty, and rounding
    "to nearest" is biased by the clamps at both ends; the correction removes the drift.
 3. `select_kept` — the kept indices of one gate: its best-scoring dims (per head for aligned V);
-   `gate_plans` does it for every gate.
+   `gate_plans` does it for every gate, ranking qkv_in / mlp_in by one shared score under
+   `shared_input_order` (the `cpu` profile), so their kept sets nest and compaction can slice them.
 
 `min_width[kind]` is a total per gate; for head-aligned `attn_v` the per-head minimum is
 `ceil(min_width["attn_v"] / num_heads)` and `round_to["attn_v"]` is the per-head multiple.
@@ -36,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from .schema import GatePlan, WidthConstraints
-from .sites import Key, site_order
+from .sites import INPUT_KINDS, Key, site_order
 
 
 def _aligned_v(kind: str, constraints: WidthConstraints) -> bool:
@@ -271,6 +272,15 @@ def select_kept(
     return _top(scores, n)
 
 
+def shared_input_scores(scores: Mapping[Key, torch.Tensor]) -> torch.Tensor | None:
+    """One score per residual dim for every qkv_in / mlp_in gate: the sum of their scores, each normalised
+    by its mean so every gate votes with equal weight. None when the model has no such gate."""
+    inputs = [s for (_, kind), s in scores.items() if kind in INPUT_KINDS]
+    if not inputs:
+        return None
+    return torch.stack([s.float() / s.float().mean().clamp_min(1e-12) for s in inputs]).sum(dim=0)
+
+
 def gate_plans(
     scores: Mapping[Key, torch.Tensor],
     counts: Mapping[Key, int],
@@ -278,10 +288,19 @@ def gate_plans(
     num_heads: int,
     head_dim: int,
 ) -> list[GatePlan]:
-    """The GatePlan of every gate (in site order): its `counts[key]` best-scoring dims."""
+    """The GatePlan of every gate (in site order): its `counts[key]` best-scoring dims.
+
+    With `shared_input_order`, qkv_in / mlp_in gates rank one shared score (`shared_input_scores`): the
+    counts stay the gates' own, and since every gate keeps the top of the same ranking, the kept sets nest.
+    """
+    shared = shared_input_scores(scores) if constraints.shared_input_order else None
+
+    def ranked(key: Key) -> torch.Tensor:
+        return shared if shared is not None and key[1] in INPUT_KINDS else scores[key]
+
     return [
         GatePlan(block=key[0], kind=key[1], size=scores[key].numel(),
-                 kept=select_kept(scores[key], counts[key], key[1], constraints, num_heads, head_dim))
+                 kept=select_kept(ranked(key), counts[key], key[1], constraints, num_heads, head_dim))
         for key in sorted(scores, key=site_order)
     ]
 

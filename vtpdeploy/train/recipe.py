@@ -72,8 +72,8 @@ class PruneSection(Section):
     scope: Literal["global", "per_kind", "per_layer"] = "global"
     importance: Literal["gate", "weight_l1"] = "gate"
     atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
-    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, cpu-nogather, gpu-fp16, "
-                                             "gpu-int8, jetson-orin")
+    hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, cpu-gather, cpu-nogather, "
+                                             "gpu-fp16, gpu-int8, jetson-orin")
     granularity: Literal["dim", "head", "head+dim"] = Field(
         "dim", description="attention: prune V dims (dim), whole heads (head) or both (head+dim)")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "

@@ -113,8 +113,9 @@ def default_grid(dims: dict, points: int = 5) -> dict[str, tuple[list[int], list
 
 
 # -- measuring ----------------------------------------------------------------------------
-def part_module(part: str, widths: tuple[int, ...], dims: dict, model=None):
-    """A random-init torch module for one table entry (eval mode)."""
+def part_module(part: str, widths: tuple[int, ...], dims: dict, model=None, slice_input: bool = False):
+    """A random-init torch module for one table entry (eval mode). `slice_input`: a pruned input width is a
+    slice of the residual stream (profiles with `shared_input_order`), not a gather."""
     import copy
 
     import torch
@@ -136,10 +137,10 @@ def part_module(part: str, widths: tuple[int, ...], dims: dict, model=None):
 
     if part == "attn":
         w_in, v = widths
-        return _Residual(CompactAttention(d, w_in, heads, hd, [v] * heads, bias=True)).eval()
+        return _Residual(CompactAttention(d, w_in, heads, hd, [v] * heads, bias=True, slice_input=slice_input)).eval()
     if part == "mlp":
         w_in, h = widths
-        return _Residual(CompactMlp(d, w_in, h, nn.GELU())).eval()
+        return _Residual(CompactMlp(d, w_in, h, nn.GELU(), slice_input=slice_input)).eval()
     if part == "stem":  # the model without its blocks: patch embed, tokens, final norm, head
         if model is None:
             raise VtpError("measuring the stem needs the model")
@@ -182,12 +183,13 @@ def _median_ms(backend: str, artifact, x: np.ndarray, device: str, threads: int 
 
 
 def runner_measure(backend: str, batch: int, device: str = "cpu", threads: int | None = None,
-                   iters: int = 20, warmup: int = 3, model=None, warmup_s: float = WARMUP_S) -> MeasureFn:
+                   iters: int = 20, warmup: int = 3, model=None, warmup_s: float = WARMUP_S,
+                   slice_input: bool = False) -> MeasureFn:
     """One part at a time through a vtpdeploy runner, median ms (for a custom harness; `measure_table`
     itself measures all entries interleaved)."""
 
     def measure_part(part: str, widths: tuple[int, ...], dims: dict) -> float:
-        module = part_module(part, widths, dims, model)
+        module = part_module(part, widths, dims, model, slice_input)
         x = sample_input(part, dims, batch)
         with tempfile.TemporaryDirectory(prefix="vtp-lat-") as tmp:
             artifact = timed_artifact(backend, module, x, Path(tmp) / "part.onnx")
@@ -269,6 +271,9 @@ def measure_table(
     key = table_key(dims, backend, batch, device, threads, points, device_label)
     key.update(rounds=int(iters), calibration_keeps=[float(k) for k in calibrate],
                profile=getattr(constraints, "profile", "none"))
+    slice_input = bool(getattr(constraints, "shared_input_order", False))
+    if slice_input:  # tables measured with input gathers (before shared input order) must not be reused
+        key["input_slices"] = True
     path = cache_path(key, cache_dir)
     if path.is_file() and not refresh:
         try:
@@ -293,7 +298,7 @@ def measure_table(
             entries = []
             for i, (part, w) in enumerate(parts):
                 x = sample_input(part, dims, batch)
-                module = part_module(part, w, dims, model)
+                module = part_module(part, w, dims, model, slice_input)
                 entries.append((f"{part}{w}", timed_artifact(backend, module, x, Path(tmp) / f"p{i}.onnx"), x))
             x = sample_input("stem", dims, batch)
             for keep, small, _ in calib:
