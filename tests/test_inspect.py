@@ -41,4 +41,5 @@ def test_inspect_cli_prints_one_row_per_block(tmp_path):
     proc = run_cli_inprocess("inspect", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
     assert "total" in proc.stdout and "V dims per head" in proc.stdout
+    assert "qkv/fc1 inputs: gathered" in proc.stdout  # plan's default profile `none`: each block its own inputs
     assert sum(1 for line in proc.stdout.splitlines() if line.strip().startswith("│") and "total" not in line) == 2

@@ -14,6 +14,7 @@ from conftest import gated_random, image_batch, make_vit, masked_and_compact, ma
 import vtpdeploy
 from vtpdeploy import plan
 from vtpdeploy.deploy.export import export_onnx
+from vtpdeploy.prune.inspection import input_selection
 from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 from vtpdeploy.prune.residual import RestoreOrder, permute_outer, residual_order
 from vtpdeploy.prune.schema import GatePlan, PrunePlan
@@ -165,3 +166,5 @@ def test_sliced_model_saves_reloads_and_exports_without_input_gathers(tmp_path):
     gathered = vtpdeploy.compact(model, plan(model, 0.5, constraints=constraints_for("cpu-gather")))
     vtpdeploy.save(gathered, tmp_path / "g")
     assert "input_slices" not in json.loads((tmp_path / "g.json").read_text())  # old files stay byte-identical
+    assert input_selection(small).startswith("qkv/fc1 inputs: sliced in blocks 0, 1")  # what `inspect` prints
+    assert input_selection(gathered).startswith("qkv/fc1 inputs: gathered")

@@ -8,11 +8,11 @@ import typer
 
 
 def inspect(path: Path = typer.Argument(..., help="Run dir or saved model (dir/model).")) -> None:
-    """Per-block table of kept dims at each gate, params and MACs."""
+    """Per-block table of kept dims at each gate, params and MACs, and how blocks pick their kept inputs."""
     from rich.console import Console
 
     from ..deploy.sources import load_source
-    from ..prune.inspection import block_table, render_table
+    from ..prune.inspection import block_table, input_selection, render_table
 
     source = load_source(path)
     rows, totals = block_table(source.model, source.input_size[1:])
@@ -20,6 +20,7 @@ def inspect(path: Path = typer.Argument(..., help="Run dir or saved model (dir/m
     if not console.is_terminal:  # files and pipes get the full table, unwrapped
         console = Console(width=200)
     console.print(render_table(rows, totals, title=source.label))
+    console.print(input_selection(source.model))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,23 @@ def block_widths(block: nn.Module) -> dict:
     return {**dims.kept, "v_dims": dims.v_dims}
 
 
+def input_selection(model: nn.Module) -> str:
+    """How the blocks pick their kept qkv/fc1 inputs: one line for `vtpdeploy inspect`."""
+    picks = [(i, m) for i, blk in enumerate(model.blocks) for m in (blk.attn, blk.mlp)]
+    gathered = sorted({i for i, m in picks if getattr(m, "gather_input", False)})
+    sliced = sorted({i for i, m in picks if getattr(m, "slice_input", False)})
+
+    def blocks(ids: list[int]) -> str:
+        return ("block " if len(ids) == 1 else "blocks ") + ", ".join(map(str, ids))
+
+    if gathered:
+        return f"qkv/fc1 inputs: gathered (index_select) in {blocks(gathered)}"
+    if sliced:
+        return (f"qkv/fc1 inputs: sliced in {blocks(sliced)} (the residual stream is reordered once; the final norm "
+                "restores the channel order)")
+    return "qkv/fc1 inputs: every block reads its full LayerNorm output"
+
+
 def block_table(model: nn.Module, img_size) -> tuple[list[dict], dict]:
     import torch
 
