@@ -28,13 +28,13 @@ from .schema import PrunePlan
 from .sites import site_linear
 
 
-def _input_selection(module: nn.Module, dim: int, in_width: int, slice_input: bool) -> tuple[int, bool, bool]:
-    """(in_width, slice, gather) for a block input of `in_width` of `dim` residual dims. A gathering module
-    holds its kept dims in the persistent `in_index` buffer; a slicing one needs none (they are a prefix)."""
+def _input_selection(module: nn.Module, dim: int, in_width: int, slice_input: bool) -> tuple[bool, bool]:
+    """(slice, gather) for a block input of `in_width` of `dim` residual dims. A gathering module holds its
+    kept dims in the persistent `in_index` buffer; a slicing one needs none (they are a prefix)."""
     pruned = in_width != dim
     if not slice_input:
         module.register_buffer("in_index", torch.arange(in_width), persistent=True)
-    return in_width, pruned and slice_input, pruned and not slice_input
+    return pruned and slice_input, pruned and not slice_input
 
 
 class CompactAttention(nn.Module):
@@ -50,7 +50,8 @@ class CompactAttention(nn.Module):
         self.removed_heads = [h for h, n in enumerate(v_dims) if n == 0]
         v_dims = [int(n) for n in v_dims if n]
         self.num_heads, self.head_dim, self.v_dims = len(v_dims), head_dim, v_dims
-        self.in_width, self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
+        self.in_width = in_width
+        self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
         self.qk_width = 2 * self.num_heads * head_dim
         self.qkv = nn.Linear(in_width, self.qk_width + sum(v_dims), bias=bias)
         self.proj = nn.Linear(sum(v_dims), dim)
@@ -100,7 +101,8 @@ class CompactMlp(nn.Module):
     def __init__(self, dim: int, in_width: int, hidden: int, act: nn.Module, bias: bool = True,
                  slice_input: bool = False):
         super().__init__()
-        self.in_width, self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
+        self.in_width = in_width
+        self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
         self.fc1 = nn.Linear(in_width, hidden, bias=bias)
         self.act = act
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
@@ -252,15 +254,12 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
             raise PlanError(f"blocks.{b}: attention needs at least one kept dim of attn_v (every head is dead; "
                             "the plan format cannot drop a whole attention)")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
-    order = residual_order(plan)
+    order, order_t = residual_order(plan), None
     outer = permute_outer(state, order) if order is not None else None
-    if outer is None:
-        order = None  # a tensor outside the residual map: keep the gathers
-    else:
-        state = outer
-    order_t = torch.tensor(order, dtype=torch.long) if order is not None else None
+    if outer is not None:  # None: no nested inputs, or a tensor outside the residual map; keep the gathers
+        state, order_t = outer, torch.tensor(order, dtype=torch.long)
     spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan),
-                                              "input_slices": order is not None})
+                                              "input_slices": order_t is not None})
     for b, block in enumerate(model.blocks):
         state.update(_compact_block_state(block, plan, b, f"blocks.{b}.", order_t))
     device = next(model.parameters()).device

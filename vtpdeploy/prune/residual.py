@@ -65,7 +65,7 @@ def permute_outer(state: dict[str, torch.Tensor], order: list[int]) -> dict[str,
     index = torch.tensor(order, dtype=torch.long)
     out: dict[str, torch.Tensor] = {"norm.index": torch.argsort(index)}
     for key, value in state.items():
-        i = index.to(value.device)
+        i = index.to(value.device)  # no-op on CPU; gated models may sit on a GPU
         if key in _LAST_AXIS:
             out[key] = value.index_select(-1, i)
         elif key in _FIRST_AXIS or (key.startswith(_NORMS) and value.dim() == 1):
