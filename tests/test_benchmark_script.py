@@ -1,4 +1,5 @@
-"""benchmarks/deit_base.py, latency_planning.py --quick and gate_overhead.py run end to end on tiny models.
+"""benchmarks/deit_base.py, latency_planning.py, sublayer_removal.py --quick and gate_overhead.py run end to end on
+tiny models.
 
 No timing assertions: only that the scripts run, write their files and report the documented keys.
 """
@@ -154,7 +155,35 @@ def test_gate_overhead_smoke(tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+def test_sublayer_removal_quick(tmp_path, capsys):
+    """Arms at equal MACs, each exact against its hard-mask model; the doc block is rewritten from the run."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("# x\n<!-- readme-numbers:sublayer-removal:start -->\nold\n<!-- readme-numbers:sublayer-removal:end -->\n")
+    out = tmp_path / "sl"
+    res = _load("sublayer_removal").main(["--out", str(out), "--quick", "--no-openvino", "--doc", str(doc)])
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res, default=str))
+    arms = res["arms"]
+    assert list(arms) == ["heads2", "heads3_noattn1"]
+    assert [(a["removed_attentions"], a["heads"]) for a in arms.values()] == [(0, 2), (1, 3)]
+    for a in arms.values():
+        assert abs(a["macs_vs_target_pct"]) <= 5.0 and a["compact_vs_mask_max_diff"] <= 1e-4
+        assert a["hidden"] % 32 == 0
+    assert {(r["model"], r["backend"], r["batch"]) for r in res["vs_deit_base"]} == {
+        ("heads2", "ort", 1), ("heads3_noattn1", "ort", 1)}
+    (paired,) = res["vs_heads2"]
+    assert paired["model"] == "heads3_noattn1" and paired["ci"][0] <= paired["ratio"] <= paired["ci"][1]
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(out / "heads3_noattn1.onnx")).graph.node]
+    assert ops.count("Softmax") == 2 and ops.count("LayerNormalization") == 2 * 3 + 1 - 1  # depth 3, 1 removed
+    text = doc.read_text()
+    assert "old" not in text and "| `heads3_noattn1` | 1 | 3 |" in text and text.startswith("# x\n")
+    assert "| `heads2` | 0 | 2 |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("script,argv", [
+    ("sublayer_removal", ["--arms", "3"]),
+    ("sublayer_removal", ["--doc", "no-such-doc.md"]),
     ("latency_planning", ["--targets", "half"]),
     ("latency_planning", ["--targets", "0"]),
     ("latency_planning", ["--backends", "trt"]),

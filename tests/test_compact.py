@@ -224,16 +224,3 @@ def test_compact_at_high_rate_and_in_train_mode_and_after_masking():
     x = image_batch(model)
     with torch.no_grad():
         assert max_diff(a(x), b(x)) <= 1e-6
-
-
-def test_compact_rejects_a_plan_that_removes_every_v_dim():
-    model = gated_random(make_vit(depth=2))
-    before = gate_values(model)
-    p = plan(model, 0.5)
-    p.gate(0, "attn_v").kept = []
-    with pytest.raises(PlanError, match="at least one kept dim") as info:
-        compact(model, p)
-    assert "\n" not in str(info.value)
-    assert all(torch.equal(before[k], v) for k, v in gate_values(model).items())
-    with pytest.raises(PlanError, match="non-empty"):
-        p.check_consistent()

@@ -148,15 +148,6 @@ def test_dead_heads_leave_the_onnx_graph(tmp_path):
         assert not any(full_rows in s for s in shapes)
 
 
-def test_all_heads_dead_is_refused_with_one_line():
-    model = gated_random(make_vit(depth=2))
-    p = plan(model, 0.5)
-    p.gate(1, "attn_v").kept = []
-    with pytest.raises(PlanError, match="blocks.1: attention needs at least one kept dim") as info:
-        vtpdeploy.compact(model, p)
-    assert "\n" not in str(info.value)
-
-
 @pytest.mark.parametrize("granularity", ["head", "head+dim"])
 def test_head_plans_keep_a_head_per_block_even_at_high_rates(granularity):
     model = gated_random(make_vit(**MID), seed=11)

@@ -4,8 +4,9 @@ Pruned dims are removed from the weights; kept gate values (and LayerScale) are 
 adjacent Linear weights. Attention keeps full-width Q/K (VTP gates only touch V) and supports heads
 with uneven V dims (a paper-faithful plan can leave them) by padding V per head inside the kernel
 call and gathering the real columns before proj. A head with no kept V dim has no output, so it is
-removed whole: its Q/K rows go, and with them its QK^T, softmax and share of the reshapes. A block
-whose every head is dead is refused (PlanError; the plan format needs at least one kept V dim).
+removed whole: its Q/K rows go, and with them its QK^T, softmax and share of the reshapes. An attention
+whose every head is dead, or an MLP with no hidden unit (`drop_sublayers` plans), outputs only its constant
+proj / fc2 bias: the block adds that bias and skips the sublayer, its LayerNorm included (`removed`).
 A block whose qkv_in / mlp_in gates keep every dim reads the LayerNorm output directly (no gather).
 When the kept qkv_in / mlp_in sets of all blocks nest (`shared_input_order` plans), the residual stream
 is put in one order in which each is a prefix (`residual.py`), and blocks slice instead of gathering.
@@ -14,6 +15,7 @@ is put in one order in which each is a prefix (`residual.py`), and blocks slice 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,13 @@ def _input_selection(module: nn.Module, dim: int, in_width: int, slice_input: bo
     return pruned and slice_input, pruned and not slice_input
 
 
+def _linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """nn.Linear; a removed sublayer has zero-size weights, whose init torch warns is a no-op."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+        return nn.Linear(in_features, out_features, bias=bias)
+
+
 class CompactAttention(nn.Module):
     """Self-attention with kept input dims, full Q/K heads and per-head V widths `v_dims`."""
 
@@ -45,18 +54,19 @@ class CompactAttention(nn.Module):
         """`num_heads` / `v_dims`: the source model's heads and V dims per head; heads with 0 V dims are dropped.
         `slice_input`: the kept inputs are the first `in_width` dims of the (reordered) residual stream."""
         super().__init__()
-        if len(v_dims) != num_heads or sum(v_dims) < 1:
-            raise PlanError(f"attention needs {num_heads} V widths with at least one kept dim, got {v_dims}")
+        if len(v_dims) != num_heads or min(v_dims, default=-1) < 0:
+            raise PlanError(f"attention needs {num_heads} V widths >= 0, got {v_dims}")
         self.removed_heads = [h for h, n in enumerate(v_dims) if n == 0]
         v_dims = [int(n) for n in v_dims if n]
         self.num_heads, self.head_dim, self.v_dims = len(v_dims), head_dim, v_dims
+        self.removed = not v_dims  # every head dead: the output is proj.bias (CompactBlock skips the call)
         self.in_width = in_width
         self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
         self.qk_width = 2 * self.num_heads * head_dim
-        self.qkv = nn.Linear(in_width, self.qk_width + sum(v_dims), bias=bias)
-        self.proj = nn.Linear(sum(v_dims), dim)
-        self.uniform_v = len(set(v_dims)) == 1
-        self.max_v = max(v_dims)
+        self.qkv = _linear(in_width, self.qk_width + sum(v_dims), bias=bias)
+        self.proj = _linear(sum(v_dims), dim)
+        self.uniform_v = len(set(v_dims)) <= 1
+        self.max_v = max(v_dims, default=0)
         # Every live V head keeps all head_dim dims: Q, K and V split the qkv output in one reshape (one
         # Split and one Transpose in the ONNX graph instead of two each).
         self.full_v = self.uniform_v and self.max_v == head_dim
@@ -91,6 +101,8 @@ class CompactAttention(nn.Module):
         return self.proj(out)
 
     def extra_repr(self) -> str:
+        if self.removed:
+            return "removed (every head dead: outputs proj.bias)"
         removed = f", removed_heads={self.removed_heads}" if self.removed_heads else ""
         return f"heads={self.num_heads}, head_dim={self.head_dim}, v_dims={self.v_dims}{removed}"
 
@@ -102,10 +114,11 @@ class CompactMlp(nn.Module):
                  slice_input: bool = False):
         super().__init__()
         self.in_width = in_width
+        self.removed = hidden == 0  # no hidden unit: the output is fc2.bias (CompactBlock skips the call)
         self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
-        self.fc1 = nn.Linear(in_width, hidden, bias=bias)
+        self.fc1 = _linear(in_width, hidden, bias=bias)
         self.act = act
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.fc2 = _linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gather_input:
@@ -113,6 +126,9 @@ class CompactMlp(nn.Module):
         elif self.slice_input:
             x = x[..., : self.in_width]
         return self.fc2(self.act(self.fc1(x)))
+
+    def extra_repr(self) -> str:
+        return "removed (no hidden unit: outputs fc2.bias)" if self.removed else ""
 
 
 class CompactBlock(nn.Module):
@@ -127,8 +143,8 @@ class CompactBlock(nn.Module):
         self.mlp = CompactMlp(dim, widths.mlp_in, widths.mlp_hidden, act, slice_input=slice_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + (self.attn.proj.bias if self.attn.removed else self.attn(self.norm1(x)))
+        return x + (self.mlp.fc2.bias if self.mlp.removed else self.mlp(self.norm2(x)))
 
 
 def build(spec: ArchSpec) -> nn.Module:
@@ -209,7 +225,8 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
     k_v = kept("attn_v", qkv.weight.device)
     hd = attn.head_dim
     live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
-    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live])
+    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live]
+                        or [k_v.new_empty(0)])
     rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
     w = qkv.weight[:, k_in] * attn.qkv.gate[k_in]
     if order is None:
@@ -249,10 +266,6 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
         raise PlanError("compact needs a gated model (add_gates, then plan)")
     plan.check_fits(model)
     check_supported(model)  # timm layout with biased proj/fc1/fc2, which compaction folds into
-    for b in range(plan.num_blocks):
-        if not plan.gate(b, "attn_v").kept:
-            raise PlanError(f"blocks.{b}: attention needs at least one kept dim of attn_v (every head is dead; "
-                            "the plan format cannot drop a whole attention)")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     order, order_t = residual_order(plan), None
     outer = permute_outer(state, order) if order is not None else None

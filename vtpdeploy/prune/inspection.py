@@ -6,13 +6,15 @@ from torch import nn
 from torch.utils import flop_counter
 
 from .counting import _custom_mapping, _input_shape, count
-from .sites import GATE_KINDS, read_block_dims
+from .sites import GATE_KINDS, SITES, read_block_dims
 
 
 def block_widths(block: nn.Module) -> dict:
-    """Kept width at each gate place and V dims per head, for timm, gated or compact blocks."""
+    """Kept width at each gate place and V dims per head, for timm, gated or compact blocks (0 at every place
+    of a removed sublayer)."""
     dims = read_block_dims(block)
-    return {**dims.kept, "v_dims": dims.v_dims}
+    kept = {k: 0 if SITES[k][0] in dims.removed_sublayers else n for k, n in dims.kept.items()}
+    return {**kept, "v_dims": dims.v_dims, "removed": list(dims.removed_sublayers)}
 
 
 def input_selection(model: nn.Module) -> str:
@@ -56,7 +58,7 @@ def render_table(rows: list[dict], totals: dict, title: str = ""):
     for col in ("block", *GATE_KINDS, "V dims per head", "params", "MACs"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["block"]), *(str(r[k]) for k in GATE_KINDS), ",".join(map(str, r["v_dims"])),
+        table.add_row(str(r["block"]), *(str(r[k]) for k in GATE_KINDS), ",".join(map(str, r["v_dims"])) or "removed",
                       f"{r['params']:,}", f"{r['macs']:,}")
     table.add_row("total", *[""] * 5, f"{totals['params']:,}", f"{totals['macs']:,}", style="bold")
     return table

@@ -113,10 +113,11 @@ class LatencyTable(BaseModel):
 
     # -- prediction ---------------------------------------------------------------------
     def attn_ms(self, qkv_in: float, v_per_head: float) -> float:
-        return self.attn.at(qkv_in, v_per_head)
+        """0 for a removed attention (no V dim): what is left of it, a bias add, is within the calibration."""
+        return self.attn.at(qkv_in, v_per_head) if v_per_head > 0 else 0.0
 
     def mlp_ms(self, mlp_in: float, hidden: float) -> float:
-        return self.mlp.at(mlp_in, hidden)
+        return self.mlp.at(mlp_in, hidden) if hidden > 0 else 0.0
 
     def block_ms(self, qkv_in: float, v_total: float, mlp_in: float, hidden: float) -> float:
         return self.attn_ms(qkv_in, v_total / self.num_heads) + self.mlp_ms(mlp_in, hidden)

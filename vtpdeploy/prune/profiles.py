@@ -42,7 +42,7 @@ from torch import nn
 from ..errors import PlanError
 from .residual import residual_order
 from .schema import PrunePlan, WidthConstraints
-from .sites import INPUT_KINDS, read_dims
+from .sites import INPUT_KINDS, SITES, read_dims
 from .widths import feasible_counts
 
 _FP16_HEAD_DIMS = list(range(16, 257, 8))
@@ -144,9 +144,12 @@ def _pruned_inputs(plan: PrunePlan) -> bool:
 
 
 def _check_v(where: str, v: list[int], c: WidthConstraints, head_dim: int) -> list[str]:
-    """Head alignment over the live heads (a head with no V dims is removed whole, so it is allowed)."""
+    """Head alignment over the live heads (a head with no V dims is removed whole, so it is allowed, and so is
+    an attention with none: it is removed whole)."""
     bad = []
     v = [d for d in v if d]
+    if not v:
+        return bad
     if c.granularity == "head" and any(d != head_dim for d in v):
         bad.append(f"{where}: V dims per live head {v} are not whole heads of {head_dim}")
     if len(set(v)) != 1:
@@ -172,6 +175,8 @@ def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | N
         if not blk.compact:
             continue  # an unpruned block: full widths are always allowed
         for kind, full_width in full.items():
+            if SITES[kind][0] in blk.removed_sublayers:
+                continue  # a removed sublayer has no width to check
             w, m, lo = blk.size[kind], c.round_to.get(kind, 1), c.min_for(kind)
             if kind in c.keep_full and full_width is not None and w != full_width:
                 bad.append(f"blocks.{i}.{kind}: width {w} but profile {c.profile} keeps it full ({full_width})")
@@ -184,7 +189,7 @@ def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | N
         if c.shared_input_order and (model.blocks[i].attn.gather_input or model.blocks[i].mlp.gather_input):
             bad.append(f"blocks.{i}: gathers its LayerNorm output; profile {c.profile} slices it")
         qk = limits.get("qk_head_dims")
-        if qk is not None and blk.head_dim not in qk:
+        if qk is not None and blk.head_dim not in qk and "attn" not in blk.removed_sublayers:
             bad.append(f"blocks.{i}: Q/K head dim {blk.head_dim} not in the fused-MHA set for {c.profile}")
     max_seq = limits.get("max_seq")
     tokens = dims.tokens if tokens is None else tokens

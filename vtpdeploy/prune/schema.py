@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..fileio import atomic_write_text
-from .sites import GATE_KINDS, site_sizes
+from .sites import GATE_KINDS, SUBLAYER_KINDS, site_sizes
 
 Scope = Literal["global", "per_kind", "per_layer"]
 Importance = Literal["gate", "weight_l1"]
@@ -42,6 +42,10 @@ class WidthConstraints(BaseModel):
     shared_input_order: bool = Field(
         False, description="qkv_in / mlp_in keep the top dims of one ranking shared by all blocks, so their kept "
                            "sets are nested and the compact model slices the LayerNorm output instead of gathering")
+    drop_sublayers: bool = Field(
+        False, description="attn_v and mlp_hidden may keep no dims: a block's attention (every head dead) or MLP "
+                           "is then removed whole, with its LayerNorm and fixed-cost ops; its output is the "
+                           "constant proj / fc2 bias")
 
     @field_validator("keep_full")
     @classmethod
@@ -53,11 +57,12 @@ class WidthConstraints(BaseModel):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
-        # Plans written before keep_full/granularity/shared_input_order existed stay byte-identical.
+        # Plans written before keep_full/granularity/shared_input_order/drop_sublayers existed stay byte-identical.
         data = handler(self)
         if isinstance(data, dict):
-            if not data.get("shared_input_order"):
-                data.pop("shared_input_order", None)
+            for flag in ("shared_input_order", "drop_sublayers"):
+                if not data.get(flag):
+                    data.pop(flag, None)
             if not data.get("keep_full"):
                 data.pop("keep_full", None)
             if data.get("granularity") == "dim":
@@ -190,8 +195,11 @@ class PrunePlan(BaseModel):
         for g in self.gates:
             if g.kind not in GATE_KINDS:
                 raise PlanError(f"{g.name}: unknown gate kind")
-            if not g.kept or sorted(set(g.kept)) != g.kept or g.kept[0] < 0 or g.kept[-1] >= g.size:
-                raise PlanError(f"{g.name}: kept dims must be sorted, unique, non-empty and < {g.size}")
+            if not g.kept and g.kind not in SUBLAYER_KINDS:
+                raise PlanError(f"{g.name}: kept dims must be non-empty (only {' and '.join(SUBLAYER_KINDS)} may "
+                                "keep none: the sublayer is then removed)")
+            if sorted(set(g.kept)) != g.kept or (g.kept and (g.kept[0] < 0 or g.kept[-1] >= g.size)):
+                raise PlanError(f"{g.name}: kept dims must be sorted, unique and < {g.size}")
 
     def check_fits(self, model: nn.Module) -> None:
         """Raise PlanError unless every gate of the plan matches the model's widths."""

@@ -37,6 +37,10 @@ SITES: dict[str, tuple[str, str]] = {  # kind -> (block attribute, Linear attrib
 # The gates on LayerNorm outputs (the residual stream entering qkv / fc1); compaction selects their kept dims.
 INPUT_KINDS: tuple[str, ...] = ("qkv_in", "mlp_in")
 
+# The gates that may keep no dims (`WidthConstraints.drop_sublayers`): the attention / MLP output is then the
+# constant proj / fc2 bias, and compaction removes the sublayer whole.
+SUBLAYER_KINDS: tuple[str, ...] = ("attn_v", "mlp_hidden")
+
 # Compaction folds kept gate values and LayerScale into these Linears' biases, so they must have one.
 BIASED_KINDS: tuple[str, ...] = ("attn_v", "mlp_in", "mlp_hidden")
 
@@ -106,7 +110,8 @@ class BlockDims:
 
     `size`: the built input width of each site; `kept`: the non-zero gates of a gated (or masked)
     site, else its built width; `v_dims`: the built V dims per head (uneven only in compact blocks);
-    `num_heads`: the built heads (a compact block drops heads with no V dims: `removed_heads`).
+    `num_heads`: the built heads (a compact block drops heads with no V dims: `removed_heads`);
+    `removed_sublayers`: "attn" / "mlp" when a compact block has removed that sublayer whole (no kept dims).
     """
 
     num_heads: int
@@ -116,6 +121,7 @@ class BlockDims:
     v_dims: list[int]
     compact: bool
     removed_heads: int = 0
+    removed_sublayers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ def read_block_dims(block: nn.Module) -> BlockDims:
         v_dims=v_dims,
         compact=compact,
         removed_heads=len(getattr(attn, "removed_heads", ())),
+        removed_sublayers=tuple(p for p in ("attn", "mlp") if getattr(getattr(block, p), "removed", False)),
     )
 
 

@@ -20,9 +20,11 @@ Three steps turn importance scores into a hardware-friendly plan:
 `min_width[kind]` is a total per gate; for head-aligned `attn_v` the per-head minimum is
 `ceil(min_width["attn_v"] / num_heads)` and `round_to["attn_v"]` is the per-head multiple.
 
-Two further constraints shape `attn_v` and the kinds that may shrink:
+Three further constraints shape `attn_v` and the kinds that may shrink:
 
 - `keep_full`: those kinds have one rung, their full width (`plan` moves their share of the rate to the others).
+- `drop_sublayers`: `attn_v` and `mlp_hidden` may also keep 0 dims (every head dead / no hidden unit):
+  compaction then removes that attention or MLP whole, LayerNorm and fixed-cost ops included.
 - `granularity`: `head` keeps whole heads only (counts `h × head_dim`, the heads with the largest V
   score mass); `head+dim` under head alignment keeps `h` live heads of `d` V dims each and picks, for
   each count, the `(h, d)` that keeps the most importance (`head_layouts`). Without head alignment
@@ -37,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 
 from .schema import GatePlan, WidthConstraints
-from .sites import INPUT_KINDS, Key, site_order
+from .sites import INPUT_KINDS, SUBLAYER_KINDS, Key, site_order
 
 
 def _aligned_v(kind: str, constraints: WidthConstraints) -> bool:
@@ -65,7 +67,7 @@ def head_layouts(scores: torch.Tensor, constraints: WidthConstraints, num_heads:
     s = scores.detach().float().cpu().reshape(num_heads, head_dim)
     cum = torch.cat([torch.zeros(num_heads, 1), s.sort(dim=1, descending=True).values.cumsum(dim=1)], dim=1)
     widths = [head_dim] if constraints.granularity == "head" else per_head_choices(constraints, num_heads, head_dim)
-    best: dict[int, tuple[float, list[int], int]] = {}
+    best: dict[int, tuple[float, list[int], int]] = {0: (0.0, [], widths[0])} if constraints.drop_sublayers else {}
     for d in widths:
         mass = cum[:, d]
         order = torch.argsort(mass, descending=True, stable=True)
@@ -101,9 +103,14 @@ def per_head_choices(constraints: WidthConstraints, num_heads: int, head_dim: in
 
 def feasible_counts(kind: str, size: int, constraints: WidthConstraints, num_heads: int, head_dim: int) -> list[int]:
     """Every kept count a gate of `size` dims may take, ascending (never empty; always ends at `size`
-    unless aligned V dims forbid the full width)."""
+    unless aligned V dims forbid the full width; starts at 0 for attn_v / mlp_hidden under `drop_sublayers`)."""
     if kind in constraints.keep_full:
         return [size]
+    choices = _nonzero_counts(kind, size, constraints, num_heads, head_dim)
+    return [0, *choices] if constraints.drop_sublayers and kind in SUBLAYER_KINDS else choices
+
+
+def _nonzero_counts(kind: str, size: int, constraints: WidthConstraints, num_heads: int, head_dim: int) -> list[int]:
     mode = _head_mode(kind, constraints)
     if mode == "head":
         return [h * head_dim for h in range(min(constraints.min_heads(head_dim), num_heads), num_heads + 1)]

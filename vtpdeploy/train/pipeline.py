@@ -232,7 +232,8 @@ def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | 
     """The recipe's plan: rate-driven, or latency-guided when `prune.target_latency_ms` is set."""
     from ..prune.profiles import constraints_for
 
-    constraints = constraints_for(r.prune.hardware).model_copy(update={"granularity": r.prune.granularity})
+    constraints = constraints_for(r.prune.hardware).model_copy(
+        update={"granularity": r.prune.granularity, "drop_sublayers": r.prune.drop_sublayers})
     if r.prune.target_latency_ms is None:
         return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
                     constraints=constraints), None

@@ -76,6 +76,8 @@ class PruneSection(Section):
                                              "gpu-fp16, gpu-int8, jetson-orin")
     granularity: Literal["dim", "head", "head+dim"] = Field(
         "dim", description="attention: prune V dims (dim), whole heads (head) or both (head+dim)")
+    drop_sublayers: bool = Field(False, description="an attention whose every head falls under the threshold, or "
+                                                    "an MLP whose every hidden unit does, is removed whole")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
                                                                      "(rate is then ignored)")
     latency_backend: Literal["torch", "ort", "openvino"] = "ort"
@@ -85,11 +87,14 @@ class PruneSection(Section):
     latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
 
     @model_serializer(mode="wrap")
-    def _omit_default_granularity(self, handler):
-        # Run dirs made before `granularity` existed keep their prune stage key.
+    def _omit_new_defaults(self, handler):
+        # Run dirs made before `granularity` / `drop_sublayers` existed keep their prune stage key.
         data = handler(self)
-        if isinstance(data, dict) and data.get("granularity") == "dim":
-            data.pop("granularity")
+        if isinstance(data, dict):
+            if data.get("granularity") == "dim":
+                data.pop("granularity")
+            if not data.get("drop_sublayers"):
+                data.pop("drop_sublayers", None)
         return data
 
     @field_validator("hardware")

@@ -60,9 +60,9 @@ def model_widths(model) -> dict[str, Any]:
     dims = read_dims(model)
     blocks = [{"name": f"blocks.{i}.attn", "num_heads": b.num_heads, "qk_head_dim": b.head_dim,
                "v_head_dim": max(b.v_dims), **({"v_dims": b.v_dims} if b.compact else {})}
-              for i, b in enumerate(dims.blocks)]
+              for i, b in enumerate(dims.blocks) if "attn" not in b.removed_sublayers]  # removed: no attention
     linears = [{"name": name, "in": int(mod.in_features), "out": int(mod.out_features)}
-               for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+               for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and mod.weight.numel()]
     return {"attention": blocks, "linear": linears, "seq_len": dims.tokens}
 
 
