@@ -6,7 +6,8 @@
 
 Per model x backend: measure a latency table (interleaved rounds, calibrated on whole models, same threads
 as the final model), plan for targets of 50 / 65 / 80 % of the table's measured unpruned latency
-(`weight_l1` importance on random-init weights, `--profile cpu`) with the closed loop of
+(`weight_l1` importance on random-init weights, `--profile cpu`; `--drop-sublayers` lets plans remove whole
+attentions / MLPs) with the closed loop of
 `deploy.bench.latency_target` (plan, measure the compact model, correct, re-plan: `--steps`), export each
 final plan with the one exporter (batch 1, static, as the table's parts), and benchmark them interleaved against the unpruned model in one run.
 Reports the final plan's prediction (made before it was measured) vs its measurement (`pred_err`, with the
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         "random_init": True,
         "importance": "weight_l1",
         "profile": args.profile,
+        "drop_sublayers": args.drop_sublayers,
         "threads": args.threads,
         "targets": [float(t) for t in args.targets.split(",")],
         "criteria": {"pred_err_pct_abs_max": PRED_TOL, "target_err_pct_band": list(TARGET_BAND)},
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         from readme_numbers import replace_block
 
         command = " ".join(["python benchmarks/latency_planning.py", *(argv or [])])
+        drop = ", drop_sublayers" if args.drop_sublayers else ""
         body = (f"Produced by `{command}` ({results['wall_s'] / 60:.0f} min, {args.threads} threads, random init, "
-                f"`weight_l1`, profile `{args.profile}`); ✗ marks a miss of |pred err| ≤ {PRED_TOL:.0f} % or "
+                f"`weight_l1`, profile `{args.profile}`{drop}); ✗ marks a miss of |pred err| ≤ {PRED_TOL:.0f} % or "
                 f"{TARGET_BAND[0]:+.0f} % ≤ vs target ≤ {TARGET_BAND[1]:+.0f} %.\n\n" + markdown_table(results)
                 + f"\n\n<!-- data: {json.dumps({'all_passed': results['all_passed'], 'wall_s': results['wall_s']})} -->")
         atomic_write_text(args.doc, replace_block(args.doc.read_text(), "latency-planning", body))
@@ -87,6 +90,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--backends", default="ort,openvino")
     ap.add_argument("--targets", default="0.5,0.65,0.8", help="fractions of the unpruned latency")
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--drop-sublayers", action="store_true",
+                    help="plans may remove a whole attention or MLP (WidthConstraints.drop_sublayers)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the table (default 15)")
     ap.add_argument("--steps", type=int, default=3, help="measure-and-correct steps per plan (1 = table only)")
@@ -133,7 +138,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
     torch.manual_seed(0)
     base = timm.create_model(name, pretrained=False, **(QUICK_KW if args.quick else {})).eval()
     gated = vtpdeploy.add_gates(copy.deepcopy(base)).eval()
-    c = constraints_for(args.profile)
+    c = constraints_for(args.profile).model_copy(update={"drop_sublayers": args.drop_sublayers})
     t0 = time.time()
     table = measure_table(gated, backend, batch=1, threads=args.threads, constraints=c, iters=args.rounds,
                           cache_dir=out / "table", refresh=True, progress=_say)
@@ -165,6 +170,8 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
                             "first_step_err_pct": round(100 * (steps[0]["predicted_ms"] - steps[0]["measured_ms"])
                                                         / steps[0]["measured_ms"], 1),
                             "realised_rate": round(p.realised_rate, 4), "macs": vtpdeploy.count(small)["macs"],
+                            "removed_sublayers": {part: [b for b in range(p.num_blocks) if not p.gate(b, kind).kept]
+                                                  for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))},
                             "path": str(path)})
     if not planned:
         return {"model": name, "backend": backend, "table_s": table_s, "plans": unreachable}
@@ -190,6 +197,12 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
             "plans": planned + unreachable, "environment": rep.get("environment")}
 
 
+def _removed(plan_row: dict) -> str:
+    """' (−2 attn, −1 mlp)' for a plan that removes whole sublayers, else ''."""
+    parts = [f"−{len(blocks)} {part}" for part, blocks in plan_row.get("removed_sublayers", {}).items() if blocks]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| model | backend | target | unpruned ms (drift) | target ms | predicted ms | measured ms | pred err | "
              "vs target | rate | steps (table-only pred err) | table spread |",
@@ -205,7 +218,7 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {run['model'].removesuffix('_patch16_224')} | {run['backend']} | {round(100 * p['fraction'])} % "
                          f"| {run['unpruned_ms']:.1f} ({run['unpruned_drift_pct']:+.0f} %) | {p['target_ms']:.1f} | {p['predicted_ms']:.1f} | "
                          f"{p['measured_ms']:.1f} | {p['pred_err_pct']:+.1f} % | {p['target_err_pct']:+.1f} %{mark} | "
-                         f"{p['realised_rate']:.2f} | {len(p['steps'])} ({p['first_step_err_pct']:+.1f} %) | "
+                         f"{p['realised_rate']:.2f}{_removed(p)} | {len(p['steps'])} ({p['first_step_err_pct']:+.1f} %) | "
                          f"{run['table_spread_pct']} % |")
     return "\n".join(lines)
 

@@ -144,6 +144,23 @@ def test_latency_planning_quick(tmp_path, capsys):
     assert "| vit_tiny | ort | 20 % |" in capsys.readouterr().out
 
 
+def test_latency_planning_quick_with_drop_sublayers_records_what_it_removed(tmp_path):
+    import onnx
+
+    out = tmp_path / "lpd"
+    res = _load("latency_planning").main(["--out", str(out), "--quick", "--backends", "ort", "--targets", "0.7",
+                                          "--drop-sublayers", "--steps", "1"])
+    assert res["drop_sublayers"] is True
+    reached = [p for run in res["runs"] for p in run["plans"] if "error" not in p]
+    assert reached
+    for p in reached:  # what the plan says it removed is what the exported graph lacks (depth 2)
+        ops = [n.op_type for n in onnx.load(p["path"]).graph.node]
+        removed = p["removed_sublayers"]
+        assert set(removed) == {"attn", "mlp"}
+        assert ops.count("Softmax") == 2 - len(removed["attn"])
+        assert ops.count("LayerNormalization") == 2 * 2 + 1 - len(removed["attn"]) - len(removed["mlp"])
+
+
 def test_gate_overhead_smoke(tmp_path, capsys):
     out = tmp_path / "overhead.json"
     res = _load("gate_overhead").main(["--model", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "2",
