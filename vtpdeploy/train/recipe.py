@@ -77,7 +77,8 @@ class PruneSection(Section):
     granularity: Literal["dim", "head", "head+dim"] = Field(
         "dim", description="attention: prune V dims (dim), whole heads (head) or both (head+dim)")
     drop_sublayers: bool = Field(False, description="an attention whose every head falls under the threshold, or "
-                                                    "an MLP whose every hidden unit does, is removed whole")
+                                                    "an MLP whose every hidden unit does, is removed whole (with a "
+                                                    "latency target, attentions go first: scores do not see Q/K)")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
                                                                      "(rate is then ignored)")
     latency_backend: Literal["torch", "ort", "openvino"] = "ort"
