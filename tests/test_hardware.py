@@ -33,6 +33,15 @@ def mid_model():
     return gated_random(make_vit(**MID), seed=21)
 
 
+def test_pipeline_hardware_help_names_every_profile():
+    from helpers import run_cli_inprocess
+
+    proc = run_cli_inprocess("pipeline", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    assert all(f" {name}," in text or f" {name}." in text for name in PROFILES), text
+
+
 def test_profiles_and_lookup():
     assert set(PROFILES) == {"none", "cpu", "cpu-gather", "cpu-nogather", "gpu-fp16", "gpu-int8", "jetson-orin"}
     for name in PROFILES:

@@ -13,7 +13,7 @@ def pipeline(
     out: Path = typer.Option(None, "--out", help="Run directory (default: the recipe's output.dir)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set prune.rate=0.2"),
     hardware: str = typer.Option(None, "--hardware", help="Width profile for the plan (prune.hardware): "
-                                 "none, cpu, gpu-fp16, gpu-int8, jetson-orin."),
+                                 "none, cpu, cpu-gather, cpu-nogather, gpu-fp16, gpu-int8, jetson-orin."),
 ) -> None:
     """Train → sparsify → prune → finetune → compact, into a run directory (resumable)."""
     from rich.console import Console
