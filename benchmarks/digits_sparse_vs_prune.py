@@ -2,8 +2,9 @@
 at 20 / 40 / 60 %, plus VTP-40 % with knowledge distillation from the unpruned model and VTP-40 % with
 paper-faithful widths (`prune.hardware=none`) instead of the default `cpu` profile, and the structures
 of issue 13: gather-free compact models (`prune.hardware=cpu-nogather`), whole-head pruning
-(`prune.granularity=head` / `head+dim`) at 40 / 60 %, and `prune.hardware=cpu-gather` (each block keeps its own
-qkv/fc1 input dims, gathered) against the default `cpu` (one shared ranking of them, sliced).
+(`prune.granularity=head` / `head+dim`) at 40 / 60 %, `prune.hardware=cpu-gather` (each block keeps its own
+qkv/fc1 input dims, gathered) against the default `cpu` (one shared ranking of them, sliced), and
+`prune.drop_sublayers=true` (an attention or MLP whose gates all fall under τ is removed whole).
 
     python benchmarks/digits_sparse_vs_prune.py --out runs/digits_cmp [--recipe recipes/quickstart.yaml]
 
@@ -48,6 +49,9 @@ ARMS = [
     # the default `cpu` shares one ranking of the qkv/fc1 inputs (sliced); `cpu-gather` lets each block pick its own
     ("gather40", "VTP, per-block inputs (cpu-gather)", ["prune.rate=0.4", "prune.hardware=cpu-gather"]),
     ("gather60", "VTP, per-block inputs (cpu-gather)", ["prune.rate=0.6", "prune.hardware=cpu-gather"]),
+    # an attention / MLP whose every gate falls under τ is removed whole instead of kept at its minimum width
+    ("drop40", "VTP, removed sublayers (drop_sublayers)", ["prune.rate=0.4", "prune.drop_sublayers=true"]),
+    ("drop60", "VTP, removed sublayers (drop_sublayers)", ["prune.rate=0.6", "prune.drop_sublayers=true"]),
 ]
 
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "finetuned": report["accuracy"]["finetuned"],
             "params": report["params"]["compact"], "macs": report["macs"]["compact"],
             "live_heads": [b["live_heads"] for b in report["plan"]["blocks"]],
+            "removed_sublayers": {part: [b["block"] for b in report["plan"]["blocks"] if b[kind] == 0]
+                                  for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))},
             "seconds": round(time.perf_counter() - t, 1),
         })
     atomic_write_json(args.out / "results.json", {"rows": rows, "wall_seconds": round(time.perf_counter() - t0, 1),

@@ -30,7 +30,8 @@ COUNT_TOL = 0.02
 STAGES = ("unpruned", "pruned", "finetuned")
 # The digits arms the README shows (benchmarks/digits_sparse_vs_prune.py has more).
 README_ARMS = ("vtp20", "vtp40", "vtp60", "only20", "only40", "only60", "vtp40_kd", "vtp40_none",
-               "gather40", "gather60", "nogather40", "nogather60", "nogather60_hd", "head60", "headdim60")
+               "gather40", "gather60", "nogather40", "nogather60", "nogather60_hd", "head60", "headdim60",
+               "drop40", "drop60")
 
 
 def _block_re(name: str) -> re.Pattern:
@@ -107,6 +108,8 @@ def digits_table(rows: list[dict], packages: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         heads = ",".join(str(h) for h in r.get("live_heads") or [])
+        removed = [f"−{len(blocks)} {part}" for part, blocks in (r.get("removed_sublayers") or {}).items() if blocks]
+        heads += f" ({', '.join(removed)} removed)" if removed else ""
         lines.append(f"| {r['method']} | {r['rate']:.0%} ({r['realised_rate']:.3f}) | {r['pruned']:.2f} | "
                      f"{r['finetuned']:.2f} | {r['params']:,} | {r['macs'] / 1e6:.2f} M | {heads} |")
     record = {"rows": rows, "packages": packages}

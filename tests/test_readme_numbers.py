@@ -107,3 +107,13 @@ def test_regenerating_on_another_cpu_keeps_the_old_main_record_as_a_reference(re
     assert kept["CPU C"] == {"accuracy": {"finetuned": 2.0}}
     same = rn.kept_references(main, "CPU A")  # regenerating on the main record's CPU replaces it
     assert set(same) == {"CPU B", "CPU C"}
+
+
+def test_digits_table_names_the_removed_sublayers():
+    row = {"method": "m", "rate": 0.6, "realised_rate": 0.601, "pruned": 95.1, "finetuned": 98.4, "params": 1000,
+           "macs": 2e6, "live_heads": [6, 6, 6, 6]}
+    table = rn.digits_table([{**row, "removed_sublayers": {"attn": [], "mlp": [1, 2]}}, row], {})
+    lines = [ln for ln in table.splitlines() if ln.startswith("| m |")]
+    assert lines[0].endswith("| 6,6,6,6 (−2 mlp removed) |") and lines[1].endswith("| 6,6,6,6 |")
+    data = json.loads(table.split("<!-- data: ")[1].split(" -->")[0])
+    assert data["rows"][0]["removed_sublayers"] == {"attn": [], "mlp": [1, 2]}
