@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             "finetuned": report["accuracy"]["finetuned"],
             "params": report["params"]["compact"], "macs": report["macs"]["compact"],
             "live_heads": [b["live_heads"] for b in report["plan"]["blocks"]],
-            "removed_sublayers": {part: [b["block"] for b in report["plan"]["blocks"] if b[kind] == 0]
-                                  for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))},
+            "removed_sublayers": report["plan"]["removed_sublayers"],
             "seconds": round(time.perf_counter() - t, 1),
         })
     atomic_write_json(args.out / "results.json", {"rows": rows, "wall_seconds": round(time.perf_counter() - t0, 1),

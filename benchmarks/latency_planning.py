@@ -170,8 +170,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
                             "first_step_err_pct": round(100 * (steps[0]["predicted_ms"] - steps[0]["measured_ms"])
                                                         / steps[0]["measured_ms"], 1),
                             "realised_rate": round(p.realised_rate, 4), "macs": vtpdeploy.count(small)["macs"],
-                            "removed_sublayers": {part: [b for b in range(p.num_blocks) if not p.gate(b, kind).kept]
-                                                  for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))},
+                            "removed_sublayers": p.removed_sublayers(),
                             "path": str(path)})
     if not planned:
         return {"model": name, "backend": backend, "table_s": table_s, "plans": unreachable}

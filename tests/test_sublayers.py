@@ -55,6 +55,7 @@ def test_dead_sublayers_are_removed_exactly(profile, granularity):
     _weaken(model, {0: "mlp_hidden", 1: "attn_v"})
     p = plan(model, 0.5, constraints=_constraints(profile, granularity))
     assert p.gate(1, "attn_v").kept == [] and p.gate(0, "mlp_hidden").kept == []
+    assert p.removed_sublayers() == p.summary()["removed_sublayers"] == {"attn": [1], "mlp": [0]}
     small = _exact(model, p)
     assert _removed(small) == {0: ("mlp",), 1: ("attn",)}
     assert check_plan(p) == [] and check_model(small, p.constraints) == []

@@ -140,8 +140,13 @@ class PrunePlan(BaseModel):
             counts[idx // self.head_dim] += 1
         return counts
 
+    def removed_sublayers(self) -> dict[str, list[int]]:
+        """The blocks whose attention ("attn": no V dim) or MLP ("mlp": no hidden dim) compaction removes whole."""
+        return {part: [b for b in range(self.num_blocks) if not self.gate(b, kind).kept]
+                for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))}
+
     def summary(self) -> dict:
-        """Per-block kept counts per gate kind, per-kind totals and the realised rate."""
+        """Per-block kept counts per gate kind, per-kind totals, removed sublayers and the realised rate."""
         blocks = []
         for b in range(self.num_blocks):
             row = {"block": b}
@@ -166,6 +171,7 @@ class PrunePlan(BaseModel):
             "kept_dims": self.kept_dims,
             "total_dims": self.total_dims,
             "per_kind": per_kind,
+            "removed_sublayers": self.removed_sublayers(),
             "blocks": blocks,
         }
 
