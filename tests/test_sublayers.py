@@ -7,9 +7,10 @@ import json
 
 import pytest
 import torch
-from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff, randomize_layer_scale
+from conftest import gated_random, image_batch, make_vit, max_diff, randomize_layer_scale
 from rich.console import Console
 from test_compact import VARIANTS, _variant_id
+from test_structures import _exact
 
 import vtpdeploy
 from vtpdeploy import PlanError, plan
@@ -18,7 +19,6 @@ from vtpdeploy.prune.inspection import block_table, render_table
 from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 from vtpdeploy.prune.sites import read_dims
 
-ATOL = 1e-4
 
 
 @torch.no_grad()
@@ -31,17 +31,6 @@ def _weaken(model, sites: dict[int, str], factor: float = 1e-3) -> None:
 
 def _constraints(profile: str, granularity: str = "dim", drop: bool = True):
     return constraints_for(profile).model_copy(update={"granularity": granularity, "drop_sublayers": drop})
-
-
-def _exact(model, p):
-    masked, small = masked_and_compact(model, p)
-    x = image_batch(model, batch=2)
-    with torch.no_grad():
-        f_ref, f_out = masked.forward_features(x), small.forward_features(x)
-        assert max_diff(f_ref, f_out) <= ATOL
-        assert max_diff(masked.forward_head(f_ref), small.forward_head(f_out)) <= ATOL
-        assert max_diff(model(x), masked(x)) > 1e-3  # the plan changes the function, so the checks can fail
-    return small
 
 
 def _removed(small) -> dict[int, tuple[str, ...]]:
