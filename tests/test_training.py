@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import timm
@@ -192,13 +193,15 @@ def test_each_rank_resumes_its_own_rng_state(tmp_path):
 
 def _ddp_worker(rank: int, folder: str) -> None:
     """Rank `rank` of 2 (gloo): train to a mid-epoch checkpoint, resume from it, record the first draw."""
-    import json
-
     import torch.distributed as dist
 
-    from vtpdeploy.train.distributed import DistInfo
+    from vtpdeploy.train.distributed import DistInfo, shutdown
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
 
     torch.set_num_threads(1)
+    threads_before = threads()
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
     try:
         info = DistInfo(rank=rank, world_size=2)
@@ -221,16 +224,15 @@ def _ddp_worker(rank: int, folder: str) -> None:
             setup=LoopSetup(dist=info, clip_grad=None))
         own = saved["rng_per_rank"][rank]["torch"] if "rng_per_rank" in saved else None
         expected = float(torch.rand(1, generator=torch.Generator().set_state(own))) if own is not None else None
-        (ckpt.parent / f"rank{rank}.json").write_text(json.dumps({"draw": draws[0], "expected": expected}))
-        dist.barrier()  # both ranks done before gloo goes down: a rank torn down mid-collective aborts (SIGABRT)
+        dist.barrier()  # both ranks are done with the group before it goes down
     finally:
-        dist.destroy_process_group()
+        shutdown(DistInfo(rank=rank, world_size=2))
+    result = {"draw": draws[0], "expected": expected, "threads_before": threads_before, "threads_after": threads()}
+    (ckpt.parent / f"rank{rank}.json").write_text(json.dumps(result))
 
 
 @pytest.mark.slow
 def test_mid_epoch_ddp_resume_restores_each_ranks_rng(tmp_path):
-    import json
-
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(str(tmp_path),), nprocs=2, join=True)
@@ -238,6 +240,8 @@ def test_mid_epoch_ddp_resume_restores_each_ranks_rng(tmp_path):
     assert all(r["expected"] is not None for r in ranks), "checkpoint holds no per-rank RNG states"
     assert [r["draw"] for r in ranks] == [r["expected"] for r in ranks]
     assert ranks[0]["draw"] != ranks[1]["draw"]  # rank 1 did not get rank 0's stream
+    # shutdown() joined gloo's threads: left for interpreter exit, they abort a finished run (SIGABRT)
+    assert [r["threads_after"] for r in ranks] == [r["threads_before"] for r in ranks]
 
 
 @pytest.mark.slow
