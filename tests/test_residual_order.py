@@ -9,7 +9,7 @@ import json
 import onnx
 import pytest
 import torch
-from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff, randomize_layer_scale
+from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
 
 import vtpdeploy
 from vtpdeploy import plan
@@ -34,10 +34,7 @@ MODELS = [
 
 
 def _gated(name: str, kwargs: dict, seed: int = 7):
-    model = make_vit(name, **kwargs)
-    if kwargs.get("init_values"):
-        randomize_layer_scale(model)
-    return gated_random(model, seed=seed)
+    return gated_random(make_vit(name, **kwargs), seed=seed)  # gated_random randomizes LayerScale too
 
 
 def _input_sets(p: PrunePlan) -> list[list[int]]:

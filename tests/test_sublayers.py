@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import gated_random, image_batch, make_vit, max_diff, randomize_layer_scale
+from conftest import gated_random, image_batch, make_vit, max_diff
 from rich.console import Console
 from test_compact import VARIANTS, _variant_id
 from test_structures import _exact
@@ -168,10 +168,7 @@ def test_recipe_flag_reaches_the_plan_and_stays_out_of_old_recipes():
 @pytest.mark.slow  # 10 timm variants: a minute on 2 shared cores
 @pytest.mark.parametrize("name, kwargs, scope, rate, batch", VARIANTS, ids=[_variant_id(v) for v in VARIANTS])
 def test_removed_sublayers_are_exact_on_spine_variants(name, kwargs, scope, rate, batch):
-    model = make_vit(name, **kwargs)
-    if "deit3" in name or kwargs.get("init_values"):
-        randomize_layer_scale(model)
-    gated_random(model, seed=7)
+    model = gated_random(make_vit(name, **kwargs), seed=7)  # gated_random randomizes LayerScale too
     last = len(model.blocks) - 1
     _weaken(model, {0: "attn_v", last: "mlp_hidden"})
     for profile, granularity in [("cpu", "head"), ("none", "dim")]:
