@@ -16,16 +16,17 @@ between rounds cancels. Writes DIR/results.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-QUICK_KW = {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 2, "num_heads": 3, "num_classes": 10}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_vit import QUICK_KW, image_sample, random_models  # noqa: E402  (benchmarks/ is not a package)
+
 MODELS = ("deit_base", "vtp40")
 
 
@@ -35,18 +36,13 @@ def _say(msg: str) -> None:
 
 def build_onnx(out: Path, name: str, kwargs: dict, threads: int | None) -> dict[str, Path]:
     """DIR/deit_base.onnx (unpruned) and DIR/vtp40.onnx (VTP-40, cpu profile, weight_l1), dynamic batch."""
-    import timm
-
     import vtpdeploy
     from vtpdeploy.deploy.export import export_onnx
     from vtpdeploy.prune.compact import compact_validated
     from vtpdeploy.prune.profiles import constraints_for
 
-    torch.manual_seed(0)
-    base = timm.create_model(name, pretrained=False, **kwargs).eval()
-    gated = vtpdeploy.add_gates(copy.deepcopy(base)).eval()
-    c, h, w = (int(v) for v in (base.patch_embed.proj.in_channels, *base.patch_embed.img_size))
-    sample = torch.from_numpy(np.random.default_rng(1).standard_normal((2, c, h, w), dtype=np.float32))
+    base, gated = random_models(name, kwargs)
+    sample = image_sample(base)
     plan = vtpdeploy.plan(gated, 0.4, importance="weight_l1", constraints=constraints_for("cpu"))
     small, _ = compact_validated(gated, plan, sample, atol=5e-4)
     paths = {}

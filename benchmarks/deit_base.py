@@ -31,17 +31,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 
 import vtpdeploy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_torch_pruning  # noqa: E402  (benchmarks/ is not a package)
+from random_vit import QUICK_KW, image_sample, random_models  # noqa: E402
 
 VTP40_MODELS = ("vtp40", "vtp40_nogather", "vtp40_nogather_heads")  # the VTP models at VTP-40 %'s MACs
 PAPER = {"model": "deit_base_patch16_224", "params": 86.6e6, "macs": 17.6e9,
          "vtp40": {"params": 47.3e6, "macs": 10.0e9, "params_saved_pct": 45.4, "macs_saved_pct": 43.0}}
-QUICK_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=10)
 
 
 def _say(msg: str) -> None:
@@ -75,14 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     base, gated, importance = _models(args, run, notes)
     _say(notes[0])
     _say(f"importance: {importance}; profile: {args.profile}")
-    c, h, w = (int(v) for v in (base.patch_embed.proj.in_channels, *base.patch_embed.img_size))
-    sample = torch.from_numpy(np.random.default_rng(1).standard_normal((2, c, h, w), dtype=np.float32))
+    sample = image_sample(base)
     base_counts = vtpdeploy.count(base)
     plans, models = _compact_variants(args, run, base, gated, importance, sample, base_counts)
     peers = _peer_arms(args, run, plans["vtp40"]["macs"], notes)
     models.update({label: model for label, (model, _) in peers.items()})
     onnx_paths = _export_all(args, models, sample, base_counts)
-    calib = np.random.default_rng(2).standard_normal((run.n_calib, c, h, w), dtype=np.float32)
+    calib = image_sample(base, run.n_calib, seed=2).numpy()
     int8 = _quantize(args, run, onnx_paths, plans, base_counts, calib, notes)
     op_profiles = _op_profiles(args, onnx_paths)
     t0 = time.time()
@@ -195,16 +193,13 @@ def _settings(args: argparse.Namespace) -> SimpleNamespace:
 
 def _models(args: argparse.Namespace, run: SimpleNamespace, notes: list[str]):
     """(unpruned model, gated model to plan on, importance): trained gates when given, else weight_l1."""
-    import timm
-
-    torch.manual_seed(0)
-    base = timm.create_model(run.name, pretrained=False, **run.kwargs).eval()
+    base, gated = random_models(run.name, run.kwargs)
     if args.gated_checkpoint:
         notes.append(f"plans rank trained gate scores |a| from {args.gated_checkpoint}")
         return base, vtpdeploy.load(args.gated_checkpoint), "gate"
     notes.append("no trained gates available: plans rank magnitude (weight_l1: L1 norm of each input column, "
                  "normalised per layer); with trained gates pass --gated-checkpoint")
-    return base, vtpdeploy.add_gates(copy.deepcopy(base)).eval(), "weight_l1"
+    return base, gated, "weight_l1"
 
 
 def _compact_variants(args, run, base, gated, importance: str, sample, base_counts: dict):

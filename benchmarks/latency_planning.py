@@ -20,18 +20,16 @@ DIR/results.json; prints a table.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import vtpdeploy
 
-QUICK_KW = dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3, num_classes=10)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_vit import QUICK_KW, image_sample, random_models  # noqa: E402  (benchmarks/ is not a package)
+
 PRED_TOL = 10.0  # |predicted - measured| / measured, %
 TARGET_BAND = (-15.0, 10.0)  # (measured - target) / target, %
 
@@ -68,7 +66,6 @@ def main(argv: list[str] | None = None) -> dict:
     _say("")
     _say(markdown_table(results))
     if args.doc:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from readme_numbers import replace_block
 
         command = " ".join(["python benchmarks/latency_planning.py", *(argv or [])])
@@ -123,8 +120,6 @@ def _read(path: Path) -> str:
 
 def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
     """Table, three plans, one interleaved run of plans vs the unpruned model."""
-    import timm
-
     from vtpdeploy import PlanError
     from vtpdeploy.deploy.bench import run_bench
     from vtpdeploy.deploy.bench.latency_table import measure_table
@@ -135,9 +130,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
 
     out = args.out / f"{name}-{backend}"
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    base = timm.create_model(name, pretrained=False, **(QUICK_KW if args.quick else {})).eval()
-    gated = vtpdeploy.add_gates(copy.deepcopy(base)).eval()
+    base, gated = random_models(name, QUICK_KW if args.quick else {})
     c = constraints_for(args.profile).model_copy(update={"drop_sublayers": args.drop_sublayers})
     t0 = time.time()
     table = measure_table(gated, backend, batch=1, threads=args.threads, constraints=c, iters=args.rounds,
@@ -146,8 +139,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
     unpruned_table_ms = next(p["measured_ms"] for p in table.calibration.points if p["keep"] == 1.0)
     _say(f"{name} {backend}: table in {table_s}s, unpruned {unpruned_table_ms:.2f} ms, spread {table.spread_pct}%, "
          f"calibration x{table.calibration.scale:.3f} {table.calibration.offset_ms:+.2f} ms")
-    x = torch.from_numpy(np.random.default_rng(1).standard_normal(
-        (2, 3, *base.patch_embed.img_size), dtype=np.float32))
+    x = image_sample(base)
     # batch 1, static: the same graphs as the table parts and the closed loop timed
     base_path = export_onnx(base, out / "unpruned.onnx", batch=1, sample=x, atol=1e-3).path
     with RelativeMeasure(gated, table, backend, threads=args.threads, constraints=c,

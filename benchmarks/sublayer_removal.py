@@ -18,20 +18,17 @@ rewrites the readme-numbers:sublayer-removal block of that Markdown file.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deit_base import _label_of, _paired_ratios  # noqa: E402  (benchmarks/ is not a package)
+from random_vit import QUICK_KW, image_sample, random_models  # noqa: E402
 
-QUICK_KW = {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 3, "num_heads": 3, "num_classes": 10}
+QUICK_DEEPER_KW = {**QUICK_KW, "depth": 3}  # room to remove attentions
 BLOCK = "sublayer-removal"
 
 
@@ -106,19 +103,14 @@ def _hidden_at(gated, removed: int, heads: int, target_macs: int) -> int:
 
 def build(args: argparse.Namespace) -> tuple[dict, dict[str, Path], Path]:
     """(arm records, ONNX path per arm, unpruned ONNX path)."""
-    import timm
-
     import vtpdeploy
     from vtpdeploy.deploy.export import export_onnx
     from vtpdeploy.prune.compact import compact_validated
     from vtpdeploy.prune.profiles import check_model, check_plan, constraints_for
 
-    name, kwargs = ("vit_tiny_patch16_224", QUICK_KW) if args.quick else ("deit_base_patch16_224", {})
-    torch.manual_seed(0)
-    base = timm.create_model(name, pretrained=False, **kwargs).eval()
-    gated = vtpdeploy.add_gates(copy.deepcopy(base)).eval()
-    c, h, w = (int(v) for v in (base.patch_embed.proj.in_channels, *base.patch_embed.img_size))
-    sample = torch.from_numpy(np.random.default_rng(1).standard_normal((2, c, h, w), dtype=np.float32))
+    name, kwargs = ("vit_tiny_patch16_224", QUICK_DEEPER_KW) if args.quick else ("deit_base_patch16_224", {})
+    base, gated = random_models(name, kwargs)
+    sample = image_sample(base)
     vtp40 = vtpdeploy.plan(gated, 0.4, importance="weight_l1", constraints=constraints_for("cpu"))
     target = vtpdeploy.count(vtpdeploy.compact(gated, vtp40))["macs"]
     _say(f"target: VTP-40 % (cpu, weight_l1) MACs {target / 1e9:.3f} G")
