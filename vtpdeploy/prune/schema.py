@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..fileio import atomic_write_text
-from .sites import GATE_KINDS, SUBLAYER_KINDS, site_sizes
+from .sites import GATE_KINDS, SITES, SUBLAYER_KINDS, site_sizes
 
 Scope = Literal["global", "per_kind", "per_layer"]
 Importance = Literal["gate", "weight_l1"]
@@ -142,8 +142,8 @@ class PrunePlan(BaseModel):
 
     def removed_sublayers(self) -> dict[str, list[int]]:
         """The blocks whose attention ("attn": no V dim) or MLP ("mlp": no hidden dim) compaction removes whole."""
-        return {part: [b for b in range(self.num_blocks) if not self.gate(b, kind).kept]
-                for part, kind in (("attn", "attn_v"), ("mlp", "mlp_hidden"))}
+        return {SITES[kind][0]: [b for b in range(self.num_blocks) if not self.gate(b, kind).kept]
+                for kind in SUBLAYER_KINDS}
 
     def summary(self) -> dict:
         """Per-block kept counts per gate kind, per-kind totals, removed sublayers and the realised rate."""

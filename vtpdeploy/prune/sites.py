@@ -40,6 +40,7 @@ INPUT_KINDS: tuple[str, ...] = ("qkv_in", "mlp_in")
 # The gates that may keep no dims (`WidthConstraints.drop_sublayers`): the attention / MLP output is then the
 # constant proj / fc2 bias, and compaction removes the sublayer whole.
 SUBLAYER_KINDS: tuple[str, ...] = ("attn_v", "mlp_hidden")
+_SUBLAYERS = tuple(SITES[k][0] for k in SUBLAYER_KINDS)  # ("attn", "mlp"): the block attributes removed
 
 # Compaction folds kept gate values and LayerScale into these Linears' biases, so they must have one.
 BIASED_KINDS: tuple[str, ...] = ("attn_v", "mlp_in", "mlp_hidden")
@@ -158,7 +159,7 @@ def read_block_dims(block: nn.Module) -> BlockDims:
         v_dims=v_dims,
         compact=compact,
         removed_heads=len(getattr(attn, "removed_heads", ())),
-        removed_sublayers=tuple(p for p in ("attn", "mlp") if getattr(getattr(block, p), "removed", False)),
+        removed_sublayers=tuple(p for p in _SUBLAYERS if getattr(getattr(block, p), "removed", False)),
     )
 
 
