@@ -64,11 +64,14 @@ def _attention_forward(self: Attention, x: torch.Tensor, attn_mask: torch.Tensor
     return self.proj_drop(self.proj(x))
 
 
-def _prune(model_name: str, ratio: float, mode: str, model_kwargs: dict, seed: int, round_to: int) -> Any:
+def _prune(model_name: str, ratio: float, mode: str, model_kwargs: dict, seed: int, round_to: int,
+           weights: dict[str, torch.Tensor] | None = None) -> Any:
     import torch_pruning as tp
 
     torch.manual_seed(seed)
     model: Any = timm.create_model(model_name, pretrained=False, **model_kwargs).eval()
+    if weights is not None:
+        model.load_state_dict(weights, strict=True)
     attns = [m for m in model.modules() if isinstance(m, Attention)]
     if not attns or any(getattr(m, "gate", None) is not None for m in attns):
         raise ValueError(f"{model_name}: needs timm vision_transformer Attention blocks without gates")
@@ -99,8 +102,9 @@ def _prune(model_name: str, ratio: float, mode: str, model_kwargs: dict, seed: i
 
 
 def prune_to_macs(model_name: str, target_macs: int, mode: str, *, model_kwargs: dict | None = None,
-                  tol: float = 0.01, seed: int = 0, round_to: int = 2) -> tuple[nn.Module, dict[str, Any]]:
-    """Prune a fresh random-init `model_name` with TP's timm-ViT recipe to `target_macs` (±`tol`, relative).
+                  tol: float = 0.01, seed: int = 0, round_to: int = 2,
+                  weights: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune `model_name` (random init, or `weights`) with TP's timm-ViT recipe to `target_macs` (±`tol`, relative).
 
     The ratio is found by regula falsi (Illinois) on MACs(ratio) in (0, 0.95); returns (eval model, info).
     `round_to=2` is TP <= 1.4's example; TP >= 1.5's example uses 1 (finer MAC steps).
@@ -120,7 +124,7 @@ def prune_to_macs(model_name: str, target_macs: int, mode: str, *, model_kwargs:
     tried: list[tuple[float, int]] = []
     for trial in range(1, MAX_TRIALS + 1):
         ratio = lo + (hi - lo) * (f_lo - target_macs) / (f_lo - f_hi)
-        model = _prune(model_name, ratio, mode, kwargs, seed, round_to)
+        model = _prune(model_name, ratio, mode, kwargs, seed, round_to, weights)
         counts = vtpdeploy.count(model)
         macs = counts["macs"]
         tried.append((round(ratio, 5), macs))

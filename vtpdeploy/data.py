@@ -1,4 +1,4 @@
-"""Datasets for the pipeline: scikit-learn digits, an imagefolder, or synthetic tensors.
+"""Datasets for the pipeline: scikit-learn digits, MNIST-format IDX files, an imagefolder, or synthetic tensors.
 
 Images go through timm's transforms (`timm.data.create_transform`) resolved from the model's data
 config, so training, validation and calibration all see the model's own preprocessing.
@@ -19,20 +19,24 @@ from .console import one_line
 from .errors import DataError, VtpError
 from .fileio import read_yaml
 
-Split = Literal["train", "val"]
+Split = Literal["train", "val", "test"]
 class DataSection(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    kind: Literal["digits", "imagefolder", "timm", "synthetic"] = "digits"
-    path: Path | None = Field(None, description="imagefolder root holding train/ and val/; timm: dataset root")
+    kind: Literal["digits", "idx", "imagefolder", "timm", "synthetic"] = "digits"
+    path: Path | None = Field(None, description="imagefolder root holding train/ and val/; idx: a folder of "
+                                                "MNIST-format IDX files; timm: dataset root")
     dataset: str | None = Field(None, description="timm: a create_dataset name, e.g. 'hfds/imagenet-1k', "
-                                                   "'wds/imagenet-1k', 'torch/cifar10'")
+                                                   "'wds/imagenet-1k', 'torch/cifar10'; idx: a named source "
+                                                   "('fashion_mnist') used when path is not set")
     train_split: str = Field("train", description="timm: split name of the training set")
     val_split: str = Field("validation", description="timm: split name of the validation set")
     batch_size: int = Field(64, gt=0, description="global batch (all ranks, all accumulation steps)")
     micro_batch_size: int | None = Field(None, gt=0, description="per-rank forward batch; default batch/world")
-    val_fraction: float = Field(0.25, gt=0, lt=1, description="digits: held-out share")
+    val_fraction: float = Field(0.25, gt=0, lt=1, description="digits, idx: share of train held out for val")
     split_seed: int = 0
+    limit: int | None = Field(None, gt=0, description="idx: use a seeded subset of at most this many images per "
+                                                      "split (quick checks, never for reported numbers)")
     workers: int = Field(0, ge=0)
     pin_memory: bool = False
     synthetic_size: int = Field(256, gt=0, description="synthetic: images per split")
@@ -166,6 +170,11 @@ def build_dataset(section: DataSection, split: Split, transform=None, *, num_cla
     """The `split` of the recipe's data section, with `transform` applied to every image."""
     if section.kind == "digits":
         return DigitsDataset(split, transform, section.val_fraction, section.split_seed)
+    if section.kind == "idx":
+        from .idx_data import IdxDataset, resolve_idx_root
+
+        root = resolve_idx_root(section.path, section.dataset)
+        return IdxDataset(root, split, transform, section.val_fraction, section.split_seed, section.limit)
     if section.kind == "synthetic":
         seed = section.split_seed + (0 if split == "train" else 1)
         return SyntheticDataset(section.synthetic_size, tuple(input_size), num_classes, seed)
@@ -198,11 +207,19 @@ def validate_data(section: DataSection) -> None:
     if section.kind == "imagefolder":
         check_imagefolder(section.path, "train")
         check_imagefolder(section.path, "val")
+    if section.kind == "idx":
+        from .idx_data import check_idx
+
+        check_idx(section.path, section.dataset)
 
 
 def num_classes_of(section: DataSection) -> int | None:
     if section.kind == "digits":
         return 10
+    if section.kind == "idx":
+        from .idx_data import check_idx
+
+        return check_idx(section.path, section.dataset)
     if section.kind == "imagefolder":
         return len([d for d in check_imagefolder(section.path, "train").iterdir() if d.is_dir()])
     return None

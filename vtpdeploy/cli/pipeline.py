@@ -14,6 +14,8 @@ def pipeline(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set prune.rate=0.2"),
     hardware: str = typer.Option(None, "--hardware", help="Width profile for the plan (prune.hardware): "
                                  "none, cpu, cpu-gather, cpu-nogather, gpu-fp16, gpu-int8, jetson-orin."),
+    until: str = typer.Option(None, "--until", help="Stop after this stage (train, sparsify, prune, finetune, "
+                              "compact, export), e.g. to train and cache a base model; a later run goes on."),
 ) -> None:
     """Train → sparsify → prune → finetune → compact, into a run directory (resumable)."""
     from rich.console import Console
@@ -24,8 +26,14 @@ def pipeline(
 
     console = Console(stderr=True)
     cfg = load_recipe(recipe, [*set_, *([f"prune.hardware={hardware}"] if hardware else [])])
-    report = run_pipeline(cfg, out, console, EventLog.for_format((ctx.obj or {}).get("log_format", "rich")))
+    report = run_pipeline(cfg, out, console, EventLog.for_format((ctx.obj or {}).get("log_format", "rich")),
+                          until=until)
     if not report:  # a non-zero torchrun rank: rank 0 reports
+        return
+    if "until" in report:
+        acc = report["metrics"].get("accuracy")
+        typer.echo(f"run dir: {out or cfg.output.dir}\nstopped after {report['until']}"
+                   + (f" (val top-1 {acc:.2f} %)" if acc is not None else ""))
         return
     acc, params, macs = report["accuracy"], report["params"], report["macs"]
     typer.echo(

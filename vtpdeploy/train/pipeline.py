@@ -234,6 +234,11 @@ def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | 
 
     constraints = constraints_for(r.prune.hardware).model_copy(
         update={"granularity": r.prune.granularity, "drop_sublayers": r.prune.drop_sublayers})
+    if r.prune.target_macs is not None and r.prune.target_latency_ms is None:
+        from ..prune.mac_target import plan_to_macs
+
+        return plan_to_macs(model, r.prune.target_macs, scope=r.prune.scope, importance=r.prune.importance,
+                            constraints=constraints), None
     if r.prune.target_latency_ms is None:
         return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
                     constraints=constraints), None
@@ -405,8 +410,11 @@ def _progress(console: Console, enabled: bool = True):
 
 
 def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | None = None,
-                 events: EventLog | None = None) -> dict:
+                 events: EventLog | None = None, until: str | None = None) -> dict:
     """Run every stage not already done with the same inputs; returns the report.
+
+    `until`: stop after this stage (e.g. 'train' to train and cache a base model); the result is then
+    {'until': stage, 'metrics': that stage's metrics} and no report is written.
 
     Under torchrun every rank trains (DDP); only rank 0 writes to the run dir. `events`: JSON progress
     lines (`--log-format json`) instead of the rich console.
@@ -414,6 +422,8 @@ def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | Non
     console = console or Console(stderr=True)
     events = events or EventLog()
     out = Path(out or recipe.output.dir)
+    if until is not None and until not in STAGES:
+        raise RecipeError(f"--until {until!r}: not a stage; choose one of {', '.join(STAGES)}")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     info = init_distributed(recipe.device)
@@ -421,13 +431,13 @@ def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | Non
         if info.is_main:
             RunDir.check_usable(out)
         model = validate_inputs(recipe, info.world_size)  # all cheap checks before touching the run dir
-        return _run_stages(recipe, out, console, info, model, events if info.is_main else EventLog())
+        return _run_stages(recipe, out, console, info, model, events if info.is_main else EventLog(), until)
     finally:
         shutdown(info)
 
 
 def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, model: nn.Module,
-                events: EventLog) -> dict:
+                events: EventLog, until: str | None = None) -> dict:
     t_start = time.perf_counter()
     run = RunDir(out, world_size=info.world_size)
     with run if info.is_main else contextlib.nullcontext():  # rank 0 holds the lock
@@ -443,6 +453,8 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
             upstream = _base_key(recipe)
             for i, stage in enumerate(STAGE_TABLE):
                 name = stage.name
+                if until is not None and i > STAGES.index(until):
+                    break
                 if name == "export" and not recipe.export.enabled:
                     continue
                 art = json.dumps({s: run.artifact_hashes(s) for s in stage.inputs}, sort_keys=True)
@@ -470,6 +482,9 @@ def _run_stages(recipe: Recipe, out: Path, console: Console, info: DistInfo, mod
                 barrier(info)
                 if not info.is_main:
                     run.manifest = json.loads(run.manifest_path.read_text())
+        if until is not None and until != STAGES[-1]:
+            barrier(info)
+            return {"until": until, "metrics": run.stage(until).get("metrics", {})} if info.is_main else {}
         report = _write_report(ctx, time.perf_counter() - t_start) if info.is_main else {}
         if info.is_main:
             _write_report_md(ctx)

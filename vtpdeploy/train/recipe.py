@@ -79,6 +79,8 @@ class PruneSection(Section):
     drop_sublayers: bool = Field(False, description="an attention whose every head falls under the threshold, or "
                                                     "an MLP whose every hidden unit does, is removed whole (with a "
                                                     "latency target, attentions go first: scores do not see Q/K)")
+    target_macs: float | None = Field(None, gt=0, lt=1, description="MAC-guided plan: keep this share of the "
+                                      "unpruned MACs, e.g. 0.5 for 2x fewer (rate is then searched, within 1 %)")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
                                                                      "(rate is then ignored)")
     latency_backend: Literal["torch", "ort", "openvino"] = "ort"
@@ -89,13 +91,15 @@ class PruneSection(Section):
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
-        # Run dirs made before `granularity` / `drop_sublayers` existed keep their prune stage key.
+        # Run dirs made before `granularity` / `drop_sublayers` / `target_macs` existed keep their prune stage key.
         data = handler(self)
         if isinstance(data, dict):
             if data.get("granularity") == "dim":
                 data.pop("granularity")
             if not data.get("drop_sublayers"):
                 data.pop("drop_sublayers", None)
+            if data.get("target_macs") is None:
+                data.pop("target_macs", None)
         return data
 
     @field_validator("hardware")

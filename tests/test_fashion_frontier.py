@@ -1,0 +1,68 @@
+"""benchmarks/fashion_frontier.py: the statistics, and the --quick machinery end to end (not the targets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import frontier_report as fr  # noqa: E402
+
+ROW_FIELDS = {"family", "method", "precision", "level", "seed", "test_top1", "params", "macs", "ort_b1_ms", "ort_b8_ms"}
+
+
+def test_paired_ci_is_zero_for_equal_predictions_and_brackets_a_known_difference():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 4000)
+    a = labels.copy()
+    b = labels.copy()
+    b[:400] = (b[:400] + 1) % 10  # B wrong on 10 % more images
+    same = fr.paired_diff_ci(a, a, labels)
+    assert same == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    d = fr.paired_diff_ci(a, b, labels)
+    assert d["diff"] == pytest.approx(10.0)
+    assert d["ci95"][0] < 10.0 < d["ci95"][1] and d["ci95"][1] - d["ci95"][0] < 2.5
+
+
+def test_work_queue_runs_every_method_at_the_middle_level_first_and_scratch_once():
+    import fashion_frontier as ff
+
+    q = ff.work_queue(["vtp-sparse-cpu", "scratch"], ["2x", "3x", "4x"], [0, 1])
+    assert q[:2] == [("vtp-sparse-cpu", "3x", 0), ("scratch", "3x", 0)]
+    assert ("scratch", "3x", 1) not in q and ("vtp-sparse-cpu", "4x", 1) in q
+    assert len(q) == len(set(q)) == 6 + 3
+
+
+@pytest.mark.slow
+def test_quick_frontier_writes_rows_page_and_figure_and_resumes(tmp_path):
+    out = tmp_path / "fq"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fashion_frontier.py"), "--out", str(out), "--quick"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-2000:]
+    data = json.loads((out / "results" / "fashion_mnist.json").read_text())
+    rows = data["rows"]
+    assert {r["family"] for r in rows} >= {"unpruned", "vtpdeploy", "prune-only", "scratch"}
+    assert any(r["precision"] == "int8" for r in rows)
+    for r in rows:
+        assert ROW_FIELDS <= set(r), r
+        assert 0.0 <= r["test_top1"] <= 100.0 and r["ort_b1_ms"] > 0 and r["ort_b8_ms"] > 0
+    base = next(r for r in rows if r["family"] == "unpruned")
+    for r in rows:
+        if r["family"] != "unpruned":
+            assert abs(r["macs"] / base["macs"] - 1 / 3) <= 0.01 / 3, r  # matched MACs, +-1 %
+            assert "vs_unpruned" in r
+    page = (out / "results" / "fashion_mnist.md").read_text()
+    assert "![frontier](fashion_mnist_frontier.png)" in page and "| 3x | vtp-sparse-cpu |" in page
+    assert (out / "results" / "fashion_mnist_frontier.png").stat().st_size > 10_000
+    results = sorted(out.glob("arms/*/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again = subprocess.run([*cmd, "--skip-bench"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "pipeline" not in again.stdout  # every arm was finished: nothing re-ran
+    assert [p.stat().st_mtime_ns for p in results] == stamps
