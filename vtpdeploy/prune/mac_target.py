@@ -33,13 +33,19 @@ def plan_to_macs(model: nn.Module, keep: float, *, scope: Scope = "global", impo
     best: tuple[float, PrunePlan] | None = None
     for _ in range(steps):
         rate = (lo + hi) / 2
-        p = plan(model, rate, scope=scope, importance=importance, constraints=constraints)
+        try:
+            p = plan(model, rate, scope=scope, importance=importance, constraints=constraints)
+        except PlanError:  # above the profile's highest rate (e.g. inputs kept full): search below it
+            hi = rate
+            continue
         share = compact_macs(model, p) / full
         if best is None or abs(share - keep) < abs(best[0] - keep):
             best = (share, p)
         if abs(share - keep) <= MAC_TOLERANCE * keep / 2:
             break
         lo, hi = (rate, hi) if share > keep else (lo, rate)
+    if best is None:
+        raise PlanError(f"no valid plan under profile {(constraints or WidthConstraints()).profile!r}")
     share, p = best
     if abs(share - keep) > MAC_TOLERANCE * keep:
         raise PlanError(f"no plan keeps {keep:.3f} of the MACs within 1 % under profile "
