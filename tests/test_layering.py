@@ -140,6 +140,19 @@ def test_no_import_cycles_between_modules():
     assert _cycles(import_graph()) == []
 
 
+def test_every_package_folder_is_a_regular_package():
+    """An `__init__.py` in every folder of vtpdeploy/: package walkers (pkgutil, API doc generators) and
+    setuptools' `packages.find` skip namespace packages."""
+    import pkgutil
+
+    import vtpdeploy
+
+    folders = {p.parent for p in PACKAGE_DIR.rglob("*.py")}
+    assert sorted(str(f) for f in folders if not (f / "__init__.py").is_file()) == []
+    walked = {m.name for m in pkgutil.walk_packages(vtpdeploy.__path__, "vtpdeploy.")}
+    assert {"vtpdeploy.prune.plan", "vtpdeploy.deploy.bench.loop", "vtpdeploy.train.pipeline"} <= walked
+
+
 def test_importing_prune_loads_no_onnx_runtime_or_openvino():
     code = ("import json, sys, vtpdeploy.prune, vtpdeploy.prune.compact, vtpdeploy.prune.plan; "
             "print(json.dumps(sorted(sys.modules)))")

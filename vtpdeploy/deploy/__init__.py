@@ -1,0 +1,1 @@
+"""Turning a model into artifacts and numbers: model sources, export, runners, bench."""
