@@ -18,10 +18,6 @@ class ExportConfig(BaseModel):
     simplifier: Literal["auto", "onnxslim", "onnxsim", "none"] = Field(
         "auto", description="graph simplifier; auto = onnxsim when installed (the onnxsim extra), else onnxslim; "
         "none = simplify: false")
-    attention: Literal["plain", "fused"] = Field(
-        "plain", description="fused: also write model.ort.onnx with each block's attention as ONNX Runtime's "
-        "com.microsoft.Attention (validated vs model.onnx; for ONNX Runtime only: TensorRT cannot parse it, and "
-        "fp16/int8/TensorRT are always built from the plain model.onnx)")
     fp16: bool = Field(False, description="also write model.fp16.onnx")
     int8: bool = Field(False, description="also write model.int8.onnx (QDQ, needs a calibration set)")
     calib_n: int = Field(500, ge=1, description="calibration images drawn from the train split")

@@ -121,8 +121,6 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
     job = _Job(out_dir, cfg, x, torch_logits(model, x), threads, _new_report(source, cfg, inputs),
                log or (lambda msg: None))
     fp32 = _export_fp32(job, model)
-    if cfg.attention == "fused":
-        _fuse_attention(job, fp32.path)
     if cfg.fp16:
         _export_fp16(job, fp32.path)
     if cfg.int8:
@@ -216,16 +214,6 @@ def _export_fp32(job: _Job, model):
     job.report["validations"] += fp32.validations
     job.report["artifacts"]["fp32"] = _artifact(fp32.path)
     return fp32
-
-
-def _fuse_attention(job: _Job, fp32_path: Path) -> None:
-    """model.ort.onnx: an extra ORT-only file; model.onnx stays portable (TensorRT, OpenVINO, INT8)."""
-    from .attention import rewrite_attention_file
-
-    job.say("fusing attention (com.microsoft.Attention, ONNX Runtime only) -> model.ort.onnx")
-    job.report["attention"] = rewrite_attention_file(fp32_path, job.out_dir / "model.ort.onnx", atol=job.cfg.atol,
-                                                     threads=job.threads or 1)
-    job.report["artifacts"]["ort_fused"] = _artifact(job.out_dir / "model.ort.onnx")
 
 
 def _export_fp16(job: _Job, fp32_path: Path) -> None:
