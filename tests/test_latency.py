@@ -10,14 +10,16 @@ from conftest import gated_random, image_batch, make_vit, masked_and_compact, ma
 
 import vtpdeploy
 from vtpdeploy import PlanError
-from vtpdeploy.deploy.bench.latency_table import cache_path, measure_table
-from vtpdeploy.prune.latency_plan import (
+from vtpdeploy.latency import (
     LatencyTable,
     kept_importance,
     latency_report,
+    measure_table,
+    model_dims,
     plan_for_latency,
     predicted_ms,
 )
+from vtpdeploy.latency.cache import cache_path
 from vtpdeploy.prune.plan import importance_scores
 from vtpdeploy.prune.profiles import check_plan, constraints_for
 
@@ -65,12 +67,12 @@ def test_second_call_hits_the_cache(model, tmp_path):
     n = fake.calls
     assert n == t1.measurements == 3 * 3 * 2 + 1 + 3  # grid, stem, 3 calibration models
     t2 = measure_table(model, "ort", cache_dir=tmp_path, measure_fn=fake, device_label="cpu-A", points=3)
-    assert fake.calls == n  # no measurement
+    assert fake.calls == n + 2  # only the check before reuse: the unpruned and the narrowest whole model
     assert t2 == t1
     assert len(list(tmp_path.glob("*.json"))) == 1
     # refresh forces a re-measure
     measure_table(model, "ort", cache_dir=tmp_path, measure_fn=fake, device_label="cpu-A", points=3, refresh=True)
-    assert fake.calls == 2 * n
+    assert fake.calls == 2 * n + 2
 
 
 def test_cache_key_changes_with_backend_device_and_batch(model, tmp_path):
@@ -153,7 +155,7 @@ def test_real_measurement_with_the_torch_runner(tmp_path):
     t = measure_table(small, "torch", cache_dir=tmp_path, points=2, iters=2)
     assert t.measurements == 2 * 2 * 2 + 1 + 3
     assert all(v > 0 for row in t.attn.ms + t.mlp.ms for v in row) and t.stem_ms > 0
-    assert t.rounds == 2 and t.spread_pct is not None and t.spread_pct >= 0
+    assert t.rounds in (2, 4) and t.spread_pct is not None and t.spread_pct >= 0  # 4: the first try was too noisy
     assert [p["keep"] for p in t.calibration.points] == [1.0, 0.7, 0.4]
     assert all(p["measured_ms"] > 0 and p["part_sum_ms"] > 0 for p in t.calibration.points)
     assert t.key["backend"] == "torch" and t.key["backend_version"].startswith("torch==")
@@ -166,7 +168,7 @@ def test_calibration_maps_the_part_sum_to_whole_model_latency(model, tmp_path):
     from vtpdeploy.prune.compact import widths_from_plan
 
     fake = FakeMeasure(whole_factor=1.15, whole_offset=0.3)
-    dims = measure_table.__globals__["model_dims"](model)
+    dims = model_dims(model)
     c = constraints_for("cpu")
     raw = measure_table(model, "ort", cache_dir=tmp_path, measure_fn=fake, device_label="x", points=5, calibrate=())
     cal = measure_table(model, "ort", cache_dir=tmp_path, measure_fn=fake, device_label="x", points=5, constraints=c)
@@ -192,7 +194,7 @@ def test_calibration_maps_the_part_sum_to_whole_model_latency(model, tmp_path):
 
 
 def test_ladder_plan_keeps_the_fraction_on_feasible_widths(model):
-    from vtpdeploy.prune.latency_plan import ladder_plan
+    from vtpdeploy.latency import ladder_plan
 
     c = constraints_for("cpu")
     full = ladder_plan(model, 1.0, c)
@@ -209,7 +211,7 @@ def test_ladder_plan_keeps_the_fraction_on_feasible_widths(model):
 def test_closed_loop_corrects_a_table_that_is_off(model, tmp_path):
     """The table says x ms, the device runs the plan 1.2x slower: one measured step fixes the budget, and the
     next step's prediction (made before its measurement) matches the device."""
-    from vtpdeploy.deploy.bench.latency_target import plan_to_target
+    from vtpdeploy.latency import plan_to_target
     from vtpdeploy.prune.compact import widths_from_plan
 
     c = constraints_for("cpu")

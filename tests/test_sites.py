@@ -10,7 +10,7 @@ from torch import nn
 
 import vtpdeploy
 from vtpdeploy import GATE_KINDS, UnsupportedModelError
-from vtpdeploy.deploy.bench.latency_table import model_dims
+from vtpdeploy.latency import model_dims
 from vtpdeploy.deploy.export.readiness import model_widths
 from vtpdeploy.prune.arch import infer_kwargs
 from vtpdeploy.prune.gates import GatedLinear

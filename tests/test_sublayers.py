@@ -123,9 +123,9 @@ def test_removed_sublayers_leave_the_onnx_graph_and_round_trip(tmp_path):
 def test_removed_sublayers_pass_readiness_and_cost_nothing_in_latency_tables(tmp_path):
     from test_latency import FakeMeasure
 
-    from vtpdeploy.deploy.bench.latency_table import measure_table
+    from vtpdeploy.latency import measure_table
     from vtpdeploy.deploy.export.readiness import model_widths
-    from vtpdeploy.prune.latency_plan import plan_for_latency
+    from vtpdeploy.latency import plan_for_latency
 
     model = gated_random(make_vit(embed_dim=192, num_heads=3, depth=2), seed=7)
     _weaken(model, {1: "attn_v"})
@@ -148,7 +148,7 @@ def test_removed_sublayers_pass_readiness_and_cost_nothing_in_latency_tables(tmp
 
 
 def test_recipe_flag_reaches_the_plan_and_stays_out_of_old_recipes():
-    from vtpdeploy.train.pipeline import make_plan
+    from vtpdeploy.latency import make_plan
     from vtpdeploy.train.recipe import Recipe
 
     r = Recipe.model_validate({"prune": {"rate": 0.5, "hardware": "cpu"}})
@@ -159,8 +159,8 @@ def test_recipe_flag_reaches_the_plan_and_stays_out_of_old_recipes():
     _weaken(model, {1: "attn_v"})
     on = Recipe.model_validate({"prune": {"rate": 0.5, "hardware": "cpu", "drop_sublayers": True}})
     assert on.prune.model_dump()["drop_sublayers"] is True
-    p_on, _ = make_plan(model, on)
-    p_off, _ = make_plan(model, r)
+    p_on, _ = make_plan(model, on.prune)
+    p_off, _ = make_plan(model, r.prune)
     assert p_on.constraints.drop_sublayers and p_on.gate(1, "attn_v").kept == []
     assert p_off.gate(1, "attn_v").kept
 

@@ -78,13 +78,13 @@ def test_latency_table_export_uses_the_same_call(monkeypatch):
     pytest.importorskip("onnxruntime")
     from helpers import make_vit
 
-    from vtpdeploy.deploy.bench import latency_table
+    from vtpdeploy.latency import measure, parts
 
     _export_torch_2_4.calls = []
     monkeypatch.setattr(torch.onnx, "export", _export_torch_2_4)
     model = make_vit()
-    dims = latency_table.model_dims(model)
-    measure = latency_table.runner_measure("ort", batch=1, threads=1, iters=2, warmup=1, model=model)
+    dims = parts.model_dims(model)
+    measure = measure.runner_measure("ort", batch=1, threads=1, iters=2, warmup=1, model=model)
     ms = measure("mlp", (dims["embed_dim"], 64), dims)
     assert np.isfinite(ms) and ms > 0
     assert [c["opset_version"] for c in _export_torch_2_4.calls] == [17]

@@ -1,6 +1,6 @@
 """Plan records: width constraints, the kept dims of every gate, and their JSON round trip.
 
-Kept apart from the algorithms (`plan`, `widths`, `profiles`, `latency_plan`), which all produce or
+Kept apart from the algorithms (`plan`, `widths`, `profiles`, and `latency.planner` above them), which all produce or
 read these records, so none of them imports another just for the types.
 """
 

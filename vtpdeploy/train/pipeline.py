@@ -25,11 +25,12 @@ from ..data import (
 from ..console import one_line
 from ..errors import CheckpointError, RecipeError
 from ..fileio import atomic_write_json, atomic_write_text, sha256_file, sha256_text
+from ..latency import make_plan
 from ..prune.arch import create_timm
 from ..prune.compact import compact_validated
 from ..prune.counting import count
 from ..prune.gates import add_gates, check_supported, iter_gates, set_gates_trainable
-from ..prune.plan import PrunePlan, apply_mask, plan
+from ..prune.plan import PrunePlan, apply_mask
 from ..prune.saving import load, load_weights, save
 from .distributed import DistInfo, barrier, broadcast, init_distributed, shutdown
 from .epoch_log import EpochLogger, epoch_hook, require_tensorboard
@@ -218,7 +219,7 @@ def _stage_sparsify(ctx: Context, key: str) -> dict:
 def _stage_prune(ctx: Context, key: str) -> dict:
     r = ctx.recipe
     model = load(ctx.path / "stages" / "sparse", ctx.dist.device)
-    p, latency = make_plan(model, r, ctx.log)
+    p, latency = make_plan(model, r.prune, r.threads, ctx.log)
     if ctx.is_main:
         p.save(ctx.path / "plan.json")
         save_gate_scores(model, p, ctx.path / "gate_scores.json")  # for the report's histograms (before masking)
@@ -226,37 +227,6 @@ def _stage_prune(ctx: Context, key: str) -> dict:
     ctx.log(f"prune: profile {p.constraints.profile}, realised rate {p.realised_rate:.3f}, "
             f"hard-mask val top-1 {acc:.2f} %")
     return {"accuracy": acc, "realised_rate": p.realised_rate, "thresholds": p.thresholds, "latency": latency}
-
-
-def make_plan(model: nn.Module, r: Recipe, log=None) -> tuple[PrunePlan, dict | None]:
-    """The recipe's plan: rate-driven, or latency-guided when `prune.target_latency_ms` is set."""
-    from ..prune.profiles import constraints_for
-
-    constraints = constraints_for(r.prune.hardware).model_copy(
-        update={"granularity": r.prune.granularity, "drop_sublayers": r.prune.drop_sublayers})
-    if r.prune.target_macs is not None and r.prune.target_latency_ms is None:
-        from ..prune.mac_target import plan_to_macs
-
-        return plan_to_macs(model, r.prune.target_macs, scope=r.prune.scope, importance=r.prune.importance,
-                            constraints=constraints), None
-    if r.prune.target_latency_ms is None:
-        return plan(model, r.prune.rate, scope=r.prune.scope, importance=r.prune.importance,
-                    constraints=constraints), None
-    from ..deploy.bench.latency_table import measure_table
-    from ..deploy.bench.latency_target import RelativeMeasure, plan_to_target
-    from ..prune.latency_plan import latency_report
-
-    pr = r.prune
-    table = measure_table(model, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
-                          cache_dir=pr.latency_cache, constraints=constraints, progress=log)
-    with RelativeMeasure(model, table, pr.latency_backend, batch=pr.latency_batch, threads=r.threads,
-                          constraints=constraints) as measure:
-        p, steps = plan_to_target(model, pr.target_latency_ms, table, constraints, pr.importance, measure=measure,
-                                  steps=pr.latency_steps, progress=log)
-    report = {**latency_report(p, table, p.thresholds.get("measured_ms")), "steps": steps}
-    if log:
-        log(f"prune: latency-guided plan, target {pr.target_latency_ms} ms, report {report}")
-    return p, report
 
 
 def _stage_finetune(ctx: Context, key: str) -> dict:

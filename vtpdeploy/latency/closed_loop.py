@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ...errors import PlanError
-from ...prune.compact import compact
-from ...prune.latency_plan import LatencyTable, plan_for_latency
-from ...prune.schema import PrunePlan, WidthConstraints
-from .latency_table import calibration_models, measure_interleaved, model_dims, sample_input, timed_artifact
+from ..errors import PlanError
+from ..prune.compact import compact
+from ..prune.schema import PrunePlan, WidthConstraints
+from .measure import measure_interleaved
+from .parts import calibration_models, model_dims, sample_input, timed_artifact
+from .planner import plan_for_latency
+from .table import LatencyTable
 
 BAND = (-0.06, 0.02)  # accepted (measured - target) / target: under target rather than over
 
