@@ -3,24 +3,33 @@
 
     python benchmarks/latency_planning.py --out runs/latplan              # DeiT-S + DeiT-B, ORT + OpenVINO b1
     python benchmarks/latency_planning.py --out /tmp/lp --quick           # tiny ViT smoke run (tests)
+    python benchmarks/latency_planning.py --out runs/latcache --models deit_small_patch16_224 --backends ort \
+        --load-jobs 2 --table-cache runs/latcache/cache   # the cache issue: table under load, plans on a quiet machine
 
 Per model x backend: measure a latency table (interleaved rounds, calibrated on whole models, same threads
 as the final model), plan for targets of 50 / 65 / 80 % of the table's measured unpruned latency
 (`weight_l1` importance on random-init weights, `--profile cpu`; `--drop-sublayers` lets plans remove whole
 attentions / MLPs) with the closed loop of
-`deploy.bench.latency_target` (plan, measure the compact model, correct, re-plan: `--steps`), export each
+`vtpdeploy.latency` (plan, measure the compact model, correct, re-plan: `--steps`), export each
 final plan with the one exporter (batch 1, static, as the table's parts), and benchmark them interleaved against the unpruned model in one run.
 Reports the final plan's prediction (made before it was measured) vs its measurement (`pred_err`, with the
 prediction scaled by the drift of the unpruned model between the table and the final run; `pred_err_raw_pct`
 in results.json without), the table-only prediction error of the first step, and measured vs target
 (`target_err`, target = fraction x the unpruned latency measured in that same final run). Writes
 DIR/results.json; prints a table.
+
+`--table-cache DIR` takes the table as the pipeline does (`latency.obtain_table`: cached tables are checked before
+reuse, noisy ones are not cached) instead of measuring a fresh one. `--load-jobs N` first builds the table while N
+CPU-burning processes run, stops them, then takes the table again from that cache for planning: each step's
+`source`, age, spread and check are in results.json (`table_sources`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,14 +47,15 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, measure_fn=None) -> dict:
+    """`measure_fn(part, widths, dims) -> ms` replaces every timing of the table and the closed loop (tests)."""
     args = _parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     runs = []
     for name in args.models.split(","):
         for backend in args.backends.split(","):
-            runs.append(_probe(args, name, backend))
+            runs.append(_probe(args, name, backend, measure_fn))
     rows = [row for run in runs for row in run["plans"]]
     results = {
         "schema": "vtpdeploy-latency-planning/1",
@@ -53,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         "importance": "weight_l1",
         "profile": args.profile,
         "drop_sublayers": args.drop_sublayers,
+        "load_jobs": args.load_jobs,
         "threads": args.threads,
         "targets": [float(t) for t in args.targets.split(",")],
         "criteria": {"pred_err_pct_abs_max": PRED_TOL, "target_err_pct_band": list(TARGET_BAND)},
@@ -92,6 +103,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the table (default 15)")
     ap.add_argument("--steps", type=int, default=3, help="measure-and-correct steps per plan (1 = table only)")
+    ap.add_argument("--table-cache", type=Path, default=None,
+                    help="take the table from this cache as the pipeline does (checked, noisy ones not cached)")
+    ap.add_argument("--load-jobs", type=int, default=0,
+                    help="build the table first while this many CPU-burning processes run (then plan on a quiet machine)")
     ap.add_argument("--duration-s", type=float, default=None, help="timed seconds per model in the final run")
     ap.add_argument("--doc", type=Path, default=None,
                     help="rewrite the readme-numbers:latency-planning block of this Markdown file with the table")
@@ -107,6 +122,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--backends: unknown {', '.join(sorted(unknown))} (choose from torch, ort, openvino)")
     if args.doc and "<!-- readme-numbers:latency-planning:start -->" not in _read(args.doc):
         ap.error(f"--doc {args.doc}: no readme-numbers:latency-planning block to rewrite")
+    if args.load_jobs < 0:
+        ap.error(f"--load-jobs must be >= 0, got {args.load_jobs}")
     args.models = args.models or ("vit_tiny_patch16_224" if args.quick else
                                   "deit_small_patch16_224,deit_base_patch16_224")
     args.rounds = args.rounds or (3 if args.quick else 15)
@@ -118,13 +135,57 @@ def _read(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
-def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
+@contextlib.contextmanager
+def _cpu_load(jobs: int):
+    """`jobs` busy-looping Python processes, stopped on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(jobs)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+
+
+def _table(args: argparse.Namespace, gated, backend: str, constraints, out: Path, measure_fn):
+    """(table, how each obtain went): fresh into out/table, or through --table-cache (after --load-jobs)."""
+    from vtpdeploy.latency import obtain_table
+
+    kw = dict(batch=1, threads=args.threads, constraints=constraints, iters=args.rounds, progress=_say,
+              cache_dir=args.table_cache or out / "table", measure_fn=measure_fn)
+    sources = []
+    if args.load_jobs:
+        _say(f"building the table while {args.load_jobs} CPU-burning processes run")
+        with _cpu_load(args.load_jobs):
+            _, under_load = obtain_table(gated, backend, refresh=True, **kw)
+        sources.append({"phase": "under load", **under_load.as_dict()})
+    table, source = obtain_table(gated, backend, refresh=args.table_cache is None and not args.load_jobs, **kw)
+    return table, [*sources, {"phase": "planning", **source.as_dict()}]
+
+
+@contextlib.contextmanager
+def _plan_measure(args: argparse.Namespace, gated, table, backend: str, constraints, measure_fn):
+    """measure(plan) -> ms for the closed loop: RelativeMeasure, or `measure_fn` on the plan's widths."""
+    if measure_fn is None:
+        from vtpdeploy.latency import RelativeMeasure
+
+        with RelativeMeasure(gated, table, backend, threads=args.threads, constraints=constraints,
+                             rounds=3 if args.quick else 6) as measure:
+            yield measure
+        return
+    from vtpdeploy.latency import model_dims
+    from vtpdeploy.prune.compact import widths_from_plan
+
+    dims = model_dims(gated)
+    yield lambda p: measure_fn("model", tuple(widths_from_plan(p)), dims)
+
+
+def _probe(args: argparse.Namespace, name: str, backend: str, measure_fn=None) -> dict:
     """Table, three plans, one interleaved run of plans vs the unpruned model."""
     from vtpdeploy import PlanError
     from vtpdeploy.deploy.bench import run_bench
-    from vtpdeploy.deploy.bench.latency_table import measure_table
-    from vtpdeploy.deploy.bench.latency_target import RelativeMeasure, plan_to_target
     from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.latency import plan_to_target
     from vtpdeploy.prune.compact import compact_validated
     from vtpdeploy.prune.profiles import constraints_for
 
@@ -133,8 +194,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
     base, gated = random_models(name, QUICK_KW if args.quick else {})
     c = constraints_for(args.profile).model_copy(update={"drop_sublayers": args.drop_sublayers})
     t0 = time.time()
-    table = measure_table(gated, backend, batch=1, threads=args.threads, constraints=c, iters=args.rounds,
-                          cache_dir=out / "table", refresh=True, progress=_say)
+    table, sources = _table(args, gated, backend, c, out, measure_fn)
     table_s = round(time.time() - t0, 1)
     unpruned_table_ms = next(p["measured_ms"] for p in table.calibration.points if p["keep"] == 1.0)
     _say(f"{name} {backend}: table in {table_s}s, unpruned {unpruned_table_ms:.2f} ms, spread {table.spread_pct}%, "
@@ -142,8 +202,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
     x = image_sample(base)
     # batch 1, static: the same graphs as the table parts and the closed loop timed
     base_path = export_onnx(base, out / "unpruned.onnx", batch=1, sample=x, atol=1e-3).path
-    with RelativeMeasure(gated, table, backend, threads=args.threads, constraints=c,
-                          rounds=3 if args.quick else 6) as measure:
+    with _plan_measure(args, gated, table, backend, c, measure_fn) as measure:
         planned, unreachable = [], []
         for fraction in (float(f) for f in args.targets.split(",")):
             target_ms = fraction * unpruned_table_ms
@@ -165,7 +224,7 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
                             "removed_sublayers": p.removed_sublayers(),
                             "path": str(path)})
     if not planned:
-        return {"model": name, "backend": backend, "table_s": table_s, "plans": unreachable}
+        return {"model": name, "backend": backend, "table_s": table_s, "table_sources": sources, "plans": unreachable}
     rep = run_bench([p["path"] for p in planned], backend=backend, batches=[1], baseline=str(base_path),
                     warmup_s=0.1 if args.quick else 1.0, duration_s=args.duration_s, threads=args.threads)
     p50 = {Path(r["model"]).name: r["latency_ms"]["p50"] for r in rep["results"]}
@@ -181,7 +240,8 @@ def _probe(args: argparse.Namespace, name: str, backend: str) -> dict:
                  predicted_ms=round(p["predicted_ms"], 3), target_table_ms=round(p["target_table_ms"], 3))
         p["passed"] = abs(p["pred_err_pct"]) <= PRED_TOL and TARGET_BAND[0] <= p["target_err_pct"] <= TARGET_BAND[1]
         p.update(model=name, backend=backend)
-    return {"model": name, "backend": backend, "table_s": table_s, "table_spread_pct": table.spread_pct,
+    return {"model": name, "backend": backend, "table_s": table_s, "table_sources": sources,
+            "table_spread_pct": table.spread_pct,
             "rounds": table.rounds, "calibration": table.calibration.model_dump(),
             "unpruned_table_ms": round(unpruned_table_ms, 3), "unpruned_ms": round(unpruned_ms, 3),
             "unpruned_drift_pct": round(100 * (unpruned_ms - unpruned_table_ms) / unpruned_table_ms, 1),

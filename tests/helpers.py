@@ -150,3 +150,43 @@ def ort_logits(path: Path, x, batch: int):
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+class FakeMeasure:
+    """A deterministic 'device' for latency tables: latency proportional to each part's MACs, counting calls. A
+    whole model costs `whole_factor` x its part sum + `whole_offset` ms (the glue that parts timed alone miss).
+    With `spreads`, each call returns (ms, spread %): `spreads[i]` from the i-th stem on (the last one after)."""
+
+    def __init__(self, scale: float = 1.0, whole_factor: float = 1.0, whole_offset: float = 0.0,
+                 spreads: tuple[float, ...] = ()):
+        self.calls = 0
+        self.scale = scale
+        self.whole_factor = whole_factor
+        self.whole_offset = whole_offset
+        self.spreads, self.stems = tuple(spreads), 0
+
+    def __call__(self, part, widths, dims):
+        self.calls += 1
+        ms = self.ms(part, widths, dims)
+        if not self.spreads:
+            return ms
+        spread = self.spreads[min(self.stems, len(self.spreads) - 1)]
+        self.stems += part == "stem"
+        return ms, spread
+
+    def ms(self, part, widths, dims) -> float:
+        if part == "model":
+            parts = self.ms("stem", (), dims) + sum(
+                self.ms("attn", (w.qkv_in, sum(w.v_dims) / dims["num_heads"]), dims)
+                + self.ms("mlp", (w.mlp_in, w.mlp_hidden), dims) for w in widths)
+            return self.whole_factor * parts + self.whole_offset
+        n, d, heads, hd = dims["tokens"], dims["embed_dim"], dims["num_heads"], dims["head_dim"]
+        if part == "attn":
+            w_in, v = widths
+            macs = n * w_in * (2 * heads * hd + heads * v) + n * n * heads * (hd + v) + n * heads * v * d
+        elif part == "mlp":
+            w_in, h = widths
+            macs = n * w_in * h + n * h * d
+        else:
+            macs = n * d * 200
+        return self.scale * (0.01 + macs / 1e6)

@@ -145,11 +145,13 @@ def test_latency_planning_quick(tmp_path, capsys):
 
 
 def test_latency_planning_quick_with_drop_sublayers_records_what_it_removed(tmp_path):
+    """A deterministic device (ms from MACs) times the table and the closed loop: load cannot change the plan."""
     import onnx
+    from helpers import FakeMeasure
 
     out = tmp_path / "lpd"
     res = _load("latency_planning").main(["--out", str(out), "--quick", "--backends", "ort", "--targets", "0.7",
-                                          "--drop-sublayers", "--steps", "1"])
+                                          "--drop-sublayers", "--steps", "1"], measure_fn=FakeMeasure())
     assert res["drop_sublayers"] is True
     reached = [p for run in res["runs"] for p in run["plans"] if "error" not in p]
     assert reached

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import gated_random, image_batch, make_vit, masked_and_compact, max_diff
+from helpers import FakeMeasure
 
 import vtpdeploy
 from vtpdeploy import PlanError
@@ -29,36 +30,6 @@ MID = dict(embed_dim=192, num_heads=3, depth=2)
 @pytest.fixture(scope="module")
 def model():
     return gated_random(make_vit(**MID), seed=7)
-
-
-class FakeMeasure:
-    """A deterministic 'device': latency proportional to each part's MACs, counting calls. A whole model
-    costs `whole_factor` x its part sum + `whole_offset` ms (the glue that parts timed alone miss)."""
-
-    def __init__(self, scale: float = 1.0, whole_factor: float = 1.0, whole_offset: float = 0.0):
-        self.calls = 0
-        self.scale = scale
-        self.whole_factor = whole_factor
-        self.whole_offset = whole_offset
-
-    def __call__(self, part, widths, dims):
-        self.calls += 1
-        if part == "model":
-            self.calls -= 1 + 2 * len(widths)  # the parts below are not measurements
-            parts = self("stem", (), dims) + sum(
-                self("attn", (w.qkv_in, sum(w.v_dims) / dims["num_heads"]), dims)
-                + self("mlp", (w.mlp_in, w.mlp_hidden), dims) for w in widths)
-            return self.whole_factor * parts + self.whole_offset
-        n, d, heads, hd = dims["tokens"], dims["embed_dim"], dims["num_heads"], dims["head_dim"]
-        if part == "attn":
-            w_in, v = widths
-            macs = n * w_in * (2 * heads * hd + heads * v) + n * n * heads * (hd + v) + n * heads * v * d
-        elif part == "mlp":
-            w_in, h = widths
-            macs = n * w_in * h + n * h * d
-        else:
-            macs = n * d * 200
-        return self.scale * (0.01 + macs / 1e6)
 
 
 def test_second_call_hits_the_cache(model, tmp_path):

@@ -1,7 +1,9 @@
 """Layering of the package, read statically from every module's imports (module level and inside functions).
 
-prune imports neither train, deploy nor cli; deploy imports neither train nor cli; no import cycles
-between vtpdeploy modules; and importing vtpdeploy.prune loads no ONNX / ONNX Runtime / OpenVINO.
+shared <- prune <- deploy <- latency <- train <- cli: no layer imports one to its right; deploy/bench (timing,
+reports, gates) imports no planning; outside latency/ only its package front (`vtpdeploy.latency`) is
+imported; no import cycles between vtpdeploy modules; and importing vtpdeploy.prune loads no ONNX / ONNX
+Runtime / OpenVINO.
 """
 
 from __future__ import annotations
@@ -81,11 +83,32 @@ def test_the_graph_sees_relative_and_function_level_imports():
     assert "vtpdeploy.deploy.export.stage" in graph["vtpdeploy.deploy.export"]  # inside __getattr__
 
 
-@pytest.mark.parametrize("layer,forbidden", [("prune", {"train", "deploy", "cli"}), ("deploy", {"train", "cli"})])
+@pytest.mark.parametrize("layer,forbidden", [("prune", {"train", "deploy", "latency", "cli"}),
+                                             ("deploy", {"train", "latency", "cli"}),
+                                             ("latency", {"train", "cli"})])
 def test_lower_layers_do_not_import_upper_ones(layer, forbidden):
     graph = import_graph()
     bad = sorted(f"{mod} imports {dep}" for mod, deps in graph.items() if _layer(mod) == layer
                  for dep in deps if _layer(dep) in forbidden)
+    assert not bad, bad
+
+
+PLANNING = ("vtpdeploy.latency", "vtpdeploy.prune.plan", "vtpdeploy.prune.widths", "vtpdeploy.prune.profiles")
+
+
+def test_bench_only_measures_reports_and_gates():
+    """deploy/bench imports no planning (latency tables and plans live in vtpdeploy.latency)."""
+    graph = import_graph()
+    assert any(m.startswith("vtpdeploy.latency.") for m in graph)  # the package is there to be found
+    bad = sorted(f"{mod} imports {dep}" for mod, deps in graph.items() if mod.startswith("vtpdeploy.deploy.bench")
+                 for dep in deps if dep.startswith(PLANNING))
+    assert not bad, bad
+
+
+def test_only_the_latency_package_front_is_imported_from_outside():
+    graph = import_graph()
+    bad = sorted(f"{mod} imports {dep}" for mod, deps in graph.items() if _layer(mod) != "latency"
+                 for dep in deps if dep.startswith("vtpdeploy.latency."))
     assert not bad, bad
 
 

@@ -121,7 +121,7 @@ def test_removed_sublayers_leave_the_onnx_graph_and_round_trip(tmp_path):
 
 
 def test_removed_sublayers_pass_readiness_and_cost_nothing_in_latency_tables(tmp_path):
-    from test_latency import FakeMeasure
+    from helpers import FakeMeasure
 
     from vtpdeploy.latency import measure_table
     from vtpdeploy.deploy.export.readiness import model_widths

@@ -19,7 +19,14 @@ from .cache import (
 from .closed_loop import RelativeMeasure, plan_to_target
 from .measure import runner_measure
 from .parts import model_dims
-from .planner import kept_importance, ladder_plan, latency_report, plan_for_latency, predicted_ms
+from .planner import (
+    kept_importance,
+    ladder_plan,
+    latency_plan_summary,
+    latency_report,
+    plan_for_latency,
+    predicted_ms,
+)
 from .prune_plan import make_plan
 from .table import Calibration, Grid, LatencyTable
 
@@ -34,6 +41,7 @@ __all__ = [
     "default_cache_dir",
     "kept_importance",
     "ladder_plan",
+    "latency_plan_summary",
     "latency_report",
     "list_tables",
     "make_plan",

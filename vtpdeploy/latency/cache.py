@@ -99,7 +99,8 @@ def age_s(table: LatencyTable) -> float | None:
 @dataclass
 class TableSource:
     """Where the table a plan used came from: `cache`, `fresh` (measured and cached) or `fresh, not cached`
-    (too noisy to keep); its age, spread, rounds, the check a cached table passed or failed, and any warning."""
+    (too noisy to keep); its age, spread, rounds, the check a cached table passed (source `cache`) or failed
+    (then measured again: `fresh...`), and any warning."""
 
     source: str
     path: str
@@ -162,7 +163,7 @@ def obtain_table(
     path = cache_path(key, cache_dir)
     timing = dict(backend=backend, batch=batch, device=device, threads=threads, constraints=constraints,
                   measure_fn=measure_fn)
-    cached = None if refresh else _load_cached(path, key)
+    cached, verdict = (None if refresh else _load_cached(path, key)), None
     if cached is not None:
         verdict = check_ratio(cached, model, **timing) if check else None
         if verdict is None or abs(verdict["mismatch_pct"]) <= CHECK_TOLERANCE_PCT:
@@ -180,9 +181,9 @@ def obtain_table(
         warning = (f"warning: latency table spread {table.spread_pct} % > {NOISY_SPREAD_PCT:.0f} % (a busy machine): "
                    f"used for this run only, not cached; rerun on a quiet machine to measure and cache it")
         say(warning)
-        return table, _source("fresh, not cached", path, table, warning=warning)
+        return table, _source("fresh, not cached", path, table, verdict, warning)
     table.save(path)
-    return table, _source("fresh", path, table)
+    return table, _source("fresh", path, table, verdict)
 
 
 def measure_table(model, backend: str = "torch", **kwargs) -> LatencyTable:

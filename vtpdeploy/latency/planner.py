@@ -154,3 +154,17 @@ def latency_report(plan: PrunePlan, table: LatencyTable, measured_ms: float | No
         "backend": table.key.get("backend"),
         "batch": table.key.get("batch"),
     }
+
+
+def latency_plan_summary(report: dict) -> str:
+    """One line for the run report: target, predicted and measured ms, and where the table came from."""
+    table = report.get("table") or {}
+    age = table.get("age_s")
+    origin = {"cache": f"from the cache ({age / 3600:.1f} h old)" if age is not None else "from the cache",
+              "fresh": "measured for this run and cached",
+              "fresh, not cached": "measured for this run, not cached (too noisy)"}.get(table.get("source"), "")
+    measured = report.get("measured_ms")
+    return (f"Latency-guided plan on {report.get('backend')} b{report.get('batch')}: target {report.get('target_ms')} ms, "
+            f"predicted {report.get('predicted_ms')} ms, measured {measured if measured is not None else '-'} ms "
+            f"after {len(report.get('steps') or [])} step(s); table {origin or 'of unknown origin'}, "
+            f"spread {report.get('table_spread_pct')} %." + (f" {table['warning']}" if table.get("warning") else ""))

@@ -18,6 +18,7 @@ from ..console import one_line
 from ..deploy.bench.environment import cpu_model
 from ..errors import VtpError
 from ..fileio import atomic_write_json, atomic_write_text, sha256_text
+from ..latency import latency_plan_summary
 from ..prune.gates import GATE_KINDS, iter_gates
 from ..prune.plan import PrunePlan, importance_scores
 from . import figures
@@ -203,6 +204,8 @@ def write_run_report(run_dir: str | Path) -> Path:
     _gate_score_section(doc, plan)
     _width_section(doc, plan)
     _curve_section(doc, report)
+    if report.get("latency_plan"):  # where its table came from (cache or fresh), how old and how noisy
+        doc.add(latency_plan_summary(report["latency_plan"]) + "\n")
     _latency_section(doc)
     _recipe_section(doc, report)
     _remove_stale_figures(doc.fig_dir, doc.written)
