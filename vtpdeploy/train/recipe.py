@@ -87,7 +87,8 @@ class PruneSection(Section):
     latency_batch: int = Field(1, gt=0)
     latency_steps: int = Field(3, ge=1, le=10, description="latency-guided plan: measure-and-correct steps "
                                "(1 = trust the table)")
-    latency_cache: Path | None = Field(None, description="latency table cache dir (default ~/.cache/vtpdeploy)")
+    latency_cache: Path | None = Field(None, description="latency table cache dir (default $VTPDEPLOY_LATENCY_CACHE, else "
+                                          "~/.cache/vtpdeploy/latency)")
 
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
