@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from helpers import make_run_dir
 
 from vtpdeploy.deploy.bench import stats
 from vtpdeploy.deploy.bench.loop import Slot, measure, warmup
+from vtpdeploy.deploy.bench.schema import Row
 from vtpdeploy.deploy.runners.base import Runner
 
 
@@ -101,9 +103,10 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(run_dir):
-    from vtpdeploy.deploy.bench import run_bench
+    from vtpdeploy.deploy.bench import BenchOptions, run_bench
 
-    return run_bench([run_dir], backend="torch,ort", batches=[1, 2], warmup_s=0.0, iters=20, threads=1, block_iters=5)
+    options = BenchOptions(backend="torch,ort", batches=[1, 2], warmup_s=0.0, iters=20, threads=1, block_iters=3)
+    return run_bench([run_dir], options, block_iters=5)  # a keyword overrides the options' field
 
 
 NUM = (int, float)
@@ -127,6 +130,9 @@ def test_report_schema(report, run_dir):
         assert r["iters"] == 20 and r["blocks"] == 4 and r["input_shape"] == [r["batch"], 3, 32, 32]
         # ORT spins inside a run only: spinning left over from one model's run must not slow the next one
         assert r.get("spin") == ("run" if r["backend"] == "ort" else None)
+        # each runner's own extras, only on its rows; every row is a valid typed Row
+        assert r.get("precision") == ("fp32" if r["backend"] == "torch" else None) and "tensorrt" not in r
+        assert Row.model_validate(r).model_dump(exclude_unset=True) == r
     roles = {r["model"]: r["role"] for r in report["results"]}
     assert roles == {"run/unpruned": "baseline", "run/model": "candidate"}
     assert len(report["comparison"]) == 4
@@ -144,6 +150,15 @@ def test_report_schema(report, run_dir):
     assert env["gpu"] is None or isinstance(env["gpu"], dict)
     assert env["jetson"] is None and "tensorrt" in env
     json.dumps(report)  # serialisable
+
+
+def test_comparisons_are_typed_and_the_documented_schema_is_current(report):
+    from vtpdeploy.deploy.bench.schema import Comparison, schema_markdown
+
+    assert [Comparison.model_validate(c).model_dump() for c in report["comparison"]] == report["comparison"]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "bench.md").read_text()
+    block = doc.split("<!-- bench-schema:start -->\n")[1].split("\n<!-- bench-schema:end -->")[0]
+    assert block == schema_markdown(), "regenerate docs/bench.md's schema block (see vtpdeploy/deploy/bench/schema.py)"
 
 
 def test_onnx_cache_reused_and_keyed_by_sha(run_dir):

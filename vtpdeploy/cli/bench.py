@@ -79,7 +79,7 @@ def _run_remote(host: str, artifacts: list[str], backend: str, device: str, batc
                 timing: dict, **ssh) -> dict:
     """The same bench on `host` over SSH; its settings are checked here, before any connection."""
     from ..deploy.bench.remote import run_remote
-    from ..deploy.bench.run import check_timing
+    from ..deploy.bench.settings import check_timing
 
     check_timing(batch, timing["duration_s"], timing["iters"], timing["warmup_s"], timing["block_iters"],
                  timing["threads"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import os
 from collections.abc import Callable, Sequence
@@ -19,124 +20,10 @@ from .engines import check_precision
 from .environment import collect, power_state
 from .loop import Slot, measure, warmup
 from .memory import PeakMemory, headline, split_device_memory
+from .schema import Comparison, Row
+from .settings import BenchOptions, check_device, check_shape, check_timing, resolve_backends, runner_device
 
 SCHEMA_VERSION = 1
-BACKEND_CHOICES = ("torch", "ort", "openvino", "trt", "auto")
-DEVICE_CHOICES = ("cpu", "cuda", "jetson")
-
-
-def parse_batches(text: str | Sequence[int]) -> list[int]:
-    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
-    out = []
-    for item in items:
-        try:
-            b = int(item)
-        except (TypeError, ValueError):
-            raise VtpError(f"--batch must be a comma-separated list of positive integers, got {text!r}") from None
-        if b < 1:
-            raise VtpError(f"--batch must be >= 1, got {b}")
-        out.append(b)
-    if not out:
-        raise VtpError("--batch is empty")
-    return list(dict.fromkeys(out))
-
-
-def check_timing(batches: str | Sequence[int], duration_s: float | None, iters: int | None, warmup_s: float,
-                 block_iters: int, threads: int | None) -> tuple[list[int], float | None]:
-    """(batches, duration_s) from the timing settings (3 s when neither duration nor iters is given)."""
-    batches = parse_batches(batches)
-    if duration_s is not None and iters is not None:
-        raise VtpError("give --duration-s or --iters, not both")
-    if iters is not None and iters < 1:
-        raise VtpError(f"--iters must be >= 1, got {iters}")
-    if duration_s is None and iters is None:
-        duration_s = 3.0
-    if duration_s is not None and duration_s <= 0:
-        raise VtpError(f"--duration-s must be > 0, got {duration_s}")
-    if warmup_s < 0:
-        raise VtpError(f"--warmup-s must be >= 0, got {warmup_s}")
-    if block_iters < 1:
-        raise VtpError(f"--block must be >= 1, got {block_iters}")
-    if threads is not None and threads < 1:
-        raise VtpError(f"--threads must be >= 1, got {threads}")
-    return batches, duration_s
-
-
-def resolve_backends(backend: str, device: str) -> list[str]:
-    """`auto`: trt on jetson/cuda when installed, else ort (CUDA EP on cuda), OpenVINO-free default."""
-    from ..runners.base import BACKENDS, available_backends
-
-    names = [b.strip() for b in backend.split(",") if b.strip()]
-    if not names:
-        raise VtpError("--backend is empty")
-    out = []
-    for name in names:
-        if name == "auto":
-            have = available_backends()
-            name = "trt" if device in ("cuda", "jetson") and "trt" in have else "ort"
-        elif name not in BACKENDS:
-            raise VtpError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-        elif name not in available_backends():
-            from ...errors import BackendUnavailableError
-
-            pkg = BACKENDS[name][2]
-            raise BackendUnavailableError(f"backend {name!r} needs the {pkg!r} package, which is not installed; "
-                                          f"installed backends: {', '.join(available_backends())}")
-        if name == "trt" and device == "cpu":
-            raise VtpError("--backend trt runs on a GPU: use --device cuda or --device jetson")
-        out.append(name)
-    return list(dict.fromkeys(out))
-
-
-def runner_device(backend: str, device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    if backend == "openvino":
-        raise VtpError(f"--backend openvino runs on the CPU only, not --device {device}")
-    if backend == "ort" and device == "jetson":
-        import onnxruntime as ort
-
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-    return "cuda"
-
-
-def _check_device(device: str, backends: list[str]) -> None:
-    if device not in DEVICE_CHOICES:
-        raise VtpError(f"unknown --device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    if device == "jetson":
-        from .environment import jetson
-
-        if jetson() is None:
-            raise VtpError("--device jetson: this machine is not a Jetson (use --host USER@JETSON to run there)")
-    if device in ("cuda", "jetson") and "torch" in backends:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise VtpError(f"--device {device}: torch sees no CUDA GPU")
-
-
-def _check_shape(art: Artifact, runner, batch: int, chw) -> tuple[int, int, int]:
-    """The (C, H, W) to feed; one-line errors when the artifact cannot take `batch` x chw."""
-    shape = runner.input_shape()
-    if shape is not None and len(shape) != 4:
-        raise VtpError(f"{art.spec}: expects a {len(shape)}-D input {tuple(shape)}, not NCHW images")
-    if shape is not None and isinstance(shape[0], int) and shape[0] != batch:
-        raise VtpError(
-            f"{art.spec}: fixed batch size {shape[0]} but --batch {batch} was asked; "
-            f"re-export with that batch or a dynamic batch"
-        )
-    declared = tuple(shape[1:]) if shape is not None and all(isinstance(d, int) for d in shape[1:]) else None
-    if declared is None and art.has_module:
-        declared = art.input_chw()
-    if declared is not None and chw is not None and tuple(declared) != tuple(chw):
-        raise VtpError(
-            f"{art.spec}: input size {'x'.join(map(str, declared))} does not match the other models' "
-            f"{'x'.join(map(str, chw))}; compare models at the same image size"
-        )
-    final = declared or chw
-    if final is None:
-        raise VtpError(f"{art.spec}: input has a dynamic image size and no other model fixes it")
-    return tuple(int(v) for v in final)
 
 
 def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, threads, seed: int):
@@ -149,8 +36,8 @@ def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, th
     for art in arts:
         obj, file = art.for_backend(backend, batch, threads)
         with PeakMemory(cuda=rdev.startswith("cuda"), device=rdev) as pm:
-            runner = make_runner(backend, obj, device=rdev, threads=threads, **_runner_options(backend, art))
-            chw = _check_shape(art, runner, batch, chw)
+            runner = make_runner(backend, obj, device=rdev, threads=threads, **_runner_options(backend, art, batch))
+            chw = check_shape(art, runner, batch, chw)
             key = (batch, *chw)
             if key not in inputs:
                 inputs[key] = np.random.default_rng(seed).standard_normal(key).astype(np.float32)
@@ -164,16 +51,18 @@ def _build_slots(arts: list[Artifact], backend: str, device: str, batch: int, th
         mem = split_device_memory(mem, runner, rdev)  # weights vs activations, each with its method
         slots.append(Slot(art.label, runner, inputs[key]))
         extras.append({"file": file, "memory": mem, "device": rdev, "input_shape": list(key),
-                       "precision": getattr(runner, "precision", None), "spin": getattr(runner, "spin", None)})
+                       "runner": runner.row_extras()})
     return slots, extras
 
 
-def _runner_options(backend: str, art: Artifact) -> dict:
+def _runner_options(backend: str, art: Artifact, batch: int) -> dict:
     """torch runs at `--precision fp16` when asked (fp32 otherwise); other backends take theirs from the artifact.
     ONNX Runtime spins only inside a run (`spin="run"`): threads still spinning after one model's run slowed
-    the next model's first call by ~30 ms on 2 cores (see ort_runner)."""
+    the next model's first call by ~30 ms on 2 cores (see ort_runner). TensorRT gets the engine's record."""
     if backend == "ort":
         return {"spin": "run"}
+    if backend == "trt":
+        return {"record": art.trt_info.get(batch)}
     precision = getattr(art, "precision", "auto")
     return {"precision": precision} if backend == "torch" and precision in ("fp32", "fp16") else {}
 
@@ -187,64 +76,47 @@ def _unique_labels(arts: list[Artifact]) -> None:
             art.label = f"{art.label}#{n + 1}"
 
 
-def run_bench(
-    artifacts: Sequence[str | Path],
-    backend: str = "auto",
-    device: str = "cpu",
-    batches: str | Sequence[int] = (1,),
-    baseline: str | None = None,
-    warmup_s: float = 1.0,
-    duration_s: float | None = None,
-    iters: int | None = None,
-    threads: int | None = None,
-    *,
-    block_iters: int = 10,
-    seed: int = 0,
-    cache_dir: str | Path | None = None,
-    n_boot: int = 2000,
-    progress: Callable[[str], None] | None = None,
-    tegrastats: bool | None = None,
-    precision: str = "auto",
-) -> dict:
+def run_bench(artifacts: Sequence[str | Path], options: BenchOptions | None = None, *,
+              progress: Callable[[str], None] | None = None, **settings) -> dict:
     """Benchmark candidates against a baseline, interleaved; returns the report (see docs/bench.md).
 
-    `tegrastats`: sample it during the timed window (default: only on --device jetson).
-    `precision`: TensorRT engine precision (auto: read from each ONNX; see docs/tensorrt.md); for the torch
-    backend fp16 casts the model and inputs (CUDA only), anything else runs fp32."""
+    `options` (a `BenchOptions`; keyword `settings` override its fields, e.g. `backend="ort", batches=[1, 8]`)."""
+    opts = dataclasses.replace(options or BenchOptions(), **settings)
     say = progress or (lambda msg: None)
     if not artifacts:
         raise VtpError("give at least one ARTIFACT")
-    batches, duration_s = check_timing(batches, duration_s, iters, warmup_s, block_iters, threads)
-    threads = threads or os.cpu_count() or 1
-    backends = resolve_backends(backend, device)
-    _check_device(device, backends)
-    base, arts = _resolve_artifacts(artifacts, baseline, cache_dir, precision, backends)
-    timing = {"warmup_s": warmup_s, "duration_s": duration_s, "iters": iters, "block_iters": block_iters}
+    batches, duration_s = check_timing(opts.batches, opts.duration_s, opts.iters, opts.warmup_s, opts.block_iters,
+                                       opts.threads)
+    opts = dataclasses.replace(opts, batches=batches, duration_s=duration_s, threads=opts.threads or os.cpu_count() or 1)
+    backends = resolve_backends(opts.backend, opts.device)
+    check_device(opts.device, backends)
+    base, arts = _resolve_artifacts(artifacts, opts.baseline, opts.cache_dir, opts.precision, backends)
     results, comparisons, schedules = [], [], []
     for be in backends:
         for batch in batches:
             say(f"{be} batch {batch}: loading {len(arts)} model(s)")
-            group = _measure_group(arts, be, device, batch, threads, seed, timing,
-                                   _tegrastats_sampler(tegrastats, device, warn=not schedules), say)
+            group = _measure_group(arts, be, batch, opts, _tegrastats_sampler(opts.tegrastats, opts.device,
+                                                                               warn=not schedules), say)
             schedules.append(group.schedule)
-            results += [_result(art, slot, extra, group, is_baseline=base is not None and idx == 0)
+            results += [_row(art, slot, extra, group, is_baseline=base is not None and idx == 0)
                         for idx, (art, slot, extra) in enumerate(zip(arts, group.slots, group.extras))]
             if base is not None:
-                bcounts = base.counts()
-                comparisons += [compare(base, group.slots[0], bcounts, art, slot, be, batch, seed, n_boot)
-                                for art, slot in zip(arts[1:], group.slots[1:])]
-    settings = {"backends": backends, "device": device, "batches": batches,
-                "baseline": base.label if base is not None else None, "warmup_s": warmup_s, "duration_s": duration_s,
-                "iters": iters, "threads": threads, "block_iters": block_iters, "seed": seed, "n_boot": n_boot}
+                reference = Timed(base.label, group.slots[0].block_means_ms, base.counts())
+                comparisons += [compare(reference, Timed(art.label, slot.block_means_ms, art.counts()), be, batch,
+                                        opts) for art, slot in zip(arts[1:], group.slots[1:])]
+    settings_out = {"backends": backends, "device": opts.device, "batches": batches,
+                    "baseline": base.label if base is not None else None, "warmup_s": opts.warmup_s,
+                    "duration_s": duration_s, "iters": opts.iters, "threads": opts.threads,
+                    "block_iters": opts.block_iters, "seed": opts.seed, "n_boot": opts.n_boot}
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "vtpdeploy bench",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
-        "results": results,
-        "comparison": comparisons,
+        "settings": settings_out,
+        "results": [r.model_dump(exclude_unset=True) for r in results],
+        "comparison": [c.model_dump() for c in comparisons],
         "schedules": schedules,
-        "environment": collect(threads),
+        "environment": collect(opts.threads),
     }
 
 
@@ -292,18 +164,17 @@ def _tegrastats_sampler(tegrastats: bool | None, device: str, warn: bool):
     return sampler
 
 
-def _measure_group(arts: list[Artifact], backend: str, device: str, batch: int, threads: int, seed: int,
-                   timing: dict, sampler, say: Callable[[str], None]) -> _Group:
+def _measure_group(arts: list[Artifact], backend: str, batch: int, opts: BenchOptions, sampler,
+                   say: Callable[[str], None]) -> _Group:
     """Load every artifact, warm up, run the interleaved loop (tegrastats sampling the timed window)."""
-    slots, extras = _build_slots(arts, backend, device, batch, threads, seed)
+    slots, extras = _build_slots(arts, backend, opts.device, batch, opts.threads, opts.seed)
     try:
-        say(f"{backend} batch {batch}: warm-up {timing['warmup_s']:g}s, then interleaved measurement")
+        say(f"{backend} batch {batch}: warm-up {opts.warmup_s:g}s, then interleaved measurement")
         with sampler if sampler is not None else contextlib.nullcontext():
-            warmup(slots, timing["warmup_s"])
+            warmup(slots, opts.warmup_s)
             if sampler is not None:
                 sampler.mark_start()
-            schedule = measure(slots, duration_s=timing["duration_s"], iters=timing["iters"],
-                               block_iters=timing["block_iters"])
+            schedule = measure(slots, duration_s=opts.duration_s, iters=opts.iters, block_iters=opts.block_iters)
             if sampler is not None:
                 sampler.mark_end()
         teg = sampler.summary() if sampler is not None else None
@@ -314,9 +185,9 @@ def _measure_group(arts: list[Artifact], backend: str, device: str, batch: int, 
     return _Group(backend, batch, slots, extras, schedule, sampler, teg)
 
 
-def _result(art: Artifact, slot: Slot, extra: dict, group: _Group, is_baseline: bool) -> dict:
-    """One model's row: latency summary, throughput, memory, counts and what ran it."""
-    be, batch, sampler, teg = group.backend, group.batch, group.sampler, group.teg
+def _row(art: Artifact, slot: Slot, extra: dict, group: _Group, is_baseline: bool) -> Row:
+    """One model's row: latency summary, throughput, memory, counts, what ran it and its runner's extras."""
+    batch, sampler, teg = group.batch, group.sampler, group.teg
     counts = art.counts()
     mem = extra["memory"]
     file_mb = art.file_mb(extra["file"]) if extra["file"] is not None else None
@@ -325,41 +196,23 @@ def _result(art: Artifact, slot: Slot, extra: dict, group: _Group, is_baseline: 
 
         mem["tegrastats"] = {**sampler.status(), "summary": teg}
         mem["jetson"] = unified_memory(teg, sampler.rss(), art.file_mb(extra["file"]) if extra["file"] else None)
-    row = {
-        "model": art.label,
-        "role": "baseline" if is_baseline else "candidate",
-        "artifact": art.spec,
-        "kind": art.kind,
-        "backend": be,
-        "device": extra["device"],
-        "batch": batch,
-        "input_shape": extra["input_shape"],
-        "iters": len(slot.latencies_ms),
-        "blocks": len(slot.block_means_ms),
-        "warmup_iters": slot.warmup_iters,
-        "latency_ms": {k: round(v, 4) for k, v in stats.summarize(slot.latencies_ms).items()},
-        "throughput_ips": round(stats.throughput(slot.latencies_ms, batch), 3),
-        "peak_mem_mb": headline(mem, extra["device"]),
-        "memory": mem,
-        "macs": counts["macs"],
-        "params": counts["params"],
-        "counts_from": counts["counts_from"],
-        "file_mb": file_mb,
-        "block_means_ms": [round(v, 4) for v in slot.block_means_ms],
-        "latencies_ms": _subsample(slot.latencies_ms),
-    }
-    if be == "torch":
-        row["precision"] = extra["precision"]
-    if be == "ort":
-        row["spin"] = extra["spin"]
-    if be == "trt":  # what the timed engine is: version, precision, TF32, flags, GPU and clocks
-        row["tensorrt"] = art.trt_info.get(batch)
+    latency = {k: round(v, 4) for k, v in stats.summarize(slot.latencies_ms).items()}
+    row = Row(
+        model=art.label, role="baseline" if is_baseline else "candidate", artifact=art.spec, kind=art.kind,
+        backend=group.backend, device=extra["device"], batch=batch, input_shape=extra["input_shape"],
+        iters=len(slot.latencies_ms), blocks=len(slot.block_means_ms), warmup_iters=slot.warmup_iters,
+        latency_ms=latency, throughput_ips=round(stats.throughput(slot.latencies_ms, batch), 3),
+        peak_mem_mb=headline(mem, extra["device"]), memory=mem, macs=counts["macs"], params=counts["params"],
+        counts_from=counts["counts_from"], file_mb=file_mb,
+        block_means_ms=[round(v, 4) for v in slot.block_means_ms], latencies_ms=_subsample(slot.latencies_ms),
+        **extra["runner"],
+    )
     if sampler is not None:
         from .tegrastats import energy_per_inference
 
         input_power = (teg or {}).get("input_power")
-        row["power"] = {"input": input_power, **power_state(),
-                        "energy": energy_per_inference(input_power, row["latency_ms"]["mean"], batch)}
+        row.power = {"input": input_power, **power_state(),
+                     "energy": energy_per_inference(input_power, latency["mean"], batch)}
     return row
 
 
@@ -371,24 +224,29 @@ def _subsample(values: list[float], limit: int = 2000) -> list[float]:
     return [round(v, 4) for v in values]
 
 
-def compare(base, bslot, bcounts, art, slot, backend, batch, seed, n_boot) -> dict:
-    """Speedup (baseline mean / candidate mean) with a paired round-level bootstrap CI."""
-    speedup, lo, hi = stats.bootstrap_speedup(bslot.block_means_ms, slot.block_means_ms, seed=seed,
-                                              n_boot=n_boot, paired=True)
-    ccounts = art.counts()
+@dataclass(frozen=True)
+class Timed:
+    """A model's label, its per-round mean latencies and its params / MACs, as a comparison reads them."""
+
+    label: str
+    block_means_ms: list[float]
+    counts: dict
+
+
+def compare(baseline: Timed, candidate: Timed, backend: str, batch: int, opts: BenchOptions) -> Comparison:
+    """Speedup (baseline mean / candidate mean) with a paired round-level bootstrap CI, and E."""
+    speedup, lo, hi = stats.bootstrap_speedup(baseline.block_means_ms, candidate.block_means_ms, seed=opts.seed,
+                                              n_boot=opts.n_boot, paired=True)
     mac_ratio = None
-    if bcounts.get("macs") and ccounts.get("macs"):
-        mac_ratio = bcounts["macs"] / ccounts["macs"]
+    if baseline.counts.get("macs") and candidate.counts.get("macs"):
+        mac_ratio = baseline.counts["macs"] / candidate.counts["macs"]
     eff = speedup / mac_ratio if mac_ratio else None
-    return {
-        "candidate": art.label,
-        "baseline": base.label,
-        "backend": backend,
-        "batch": batch,
-        "speedup": round(speedup, 4),
-        "speedup_ci": [round(lo, 4), round(hi, 4)],
-        "ci_method": f"paired bootstrap over {len(slot.block_means_ms)} interleaved rounds, {n_boot} resamples, 95% percentile, seed {seed}",
-        "mac_ratio": round(mac_ratio, 4) if mac_ratio else None,
-        "efficiency": round(eff, 4) if eff is not None else None,
-        "efficiency_ci": [round(lo / mac_ratio, 4), round(hi / mac_ratio, 4)] if mac_ratio else None,
-    }
+    return Comparison(
+        candidate=candidate.label, baseline=baseline.label, backend=backend, batch=batch,
+        speedup=round(speedup, 4), speedup_ci=[round(lo, 4), round(hi, 4)],
+        ci_method=f"paired bootstrap over {len(candidate.block_means_ms)} interleaved rounds, {opts.n_boot} "
+                  f"resamples, 95% percentile, seed {opts.seed}",
+        mac_ratio=round(mac_ratio, 4) if mac_ratio else None,
+        efficiency=round(eff, 4) if eff is not None else None,
+        efficiency_ci=[round(lo / mac_ratio, 4), round(hi / mac_ratio, 4)] if mac_ratio else None,
+    )

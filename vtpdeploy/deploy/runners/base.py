@@ -45,6 +45,10 @@ class Runner(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (GPU backends)."""
 
+    def row_extras(self) -> dict[str, Any]:
+        """Backend-specific fields of a bench row (`deploy.bench.schema.Row`), e.g. ORT's `spin`."""
+        return {}
+
     def close(self) -> None:
         """Release backend resources."""
 

@@ -96,6 +96,9 @@ class OrtRunner(Runner):
         self._shape = tuple(d if isinstance(d, int) else str(d) for d in inp.shape)
         self._dtype = np.float16 if "float16" in inp.type else np.float32
 
+    def row_extras(self) -> dict:
+        return {"spin": self.spin}
+
     def input_shape(self):
         return self._shape
 

@@ -36,6 +36,9 @@ class TorchRunner(Runner):
         inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, dtype=self.dtype)
         return self.model(inp).float().cpu().numpy()
 
+    def row_extras(self) -> dict:
+        return {"precision": self.precision}
+
     def synchronize(self) -> None:
         if str(self.device).startswith("cuda"):
             torch.cuda.synchronize()

@@ -62,8 +62,11 @@ def _logger(trt):
 class TrtRunner(Runner):
     backend = "trt"
 
-    def __init__(self, artifact: str | Path, device: str = "cuda", threads: int | None = None):
+    def __init__(self, artifact: str | Path, device: str = "cuda", threads: int | None = None,
+                 record: dict | None = None):
+        """`record`: what the engine is (version, precision, flags, GPU; `bench.engines.engine_record`)."""
         super().__init__(artifact, device, threads)
+        self.record = record
         import tensorrt as trt
         import torch
 
@@ -89,6 +92,9 @@ class TrtRunner(Runner):
         self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self.names}
         self._buffers: dict = {}
         self._bound_shape: tuple[int, ...] | None = None
+
+    def row_extras(self) -> dict:
+        return {"tensorrt": self.record}
 
     def input_shape(self):
         return self._shape
