@@ -116,8 +116,9 @@ def test_deit_base_quick_writes_results(tmp_path, capsys):
 def test_deit_base_skips_the_peer_arm_in_one_line_without_its_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # as if the `bench` extra were not installed
     out = tmp_path / "bench"
+    pages = tmp_path / "results"
     res = _load("deit_base").main(["--out", str(out), "--quick", "--no-openvino", "--no-none", "--no-nogather",
-                                   "--no-gather", "--no-int8-s8", "--batches", "1"])
+                                   "--no-gather", "--no-int8-s8", "--batches", "1", "--results-dir", str(pages)])
     printed = capsys.readouterr().out
     skip_lines = [line for line in printed.splitlines() if "Torch-Pruning arm skipped" in line]
     assert len(skip_lines) == 1 and "bench" in skip_lines[0]
@@ -125,6 +126,11 @@ def test_deit_base_skips_the_peer_arm_in_one_line_without_its_extra(tmp_path, ca
     assert res["peers"] == {} and res["vtp40_vs_peers"] == []
     assert not (out / "tp_uniform.onnx").exists()
     assert {r["model"] for r in res["table"]} == {"vtp20", "vtp40", "vtp40.int8", "deit_base.int8"}  # no nogather
+    page = (pages / "deit_base.md").read_text()  # rendered by deit_base_render through results_page.write_page
+    assert page.startswith("# vit_tiny_patch16_224: VTP on CPU") and "| VTP-40 % (`cpu`: inputs sliced) |" in page
+    assert "python benchmarks/deit_base.py --out" in page and "| MatMul |" in page
+    data = json.loads((pages / "deit_base.json").read_text())
+    assert data["table"] == json.loads(json.dumps(res["table"])) and "bench" not in data
 
 
 def test_latency_planning_quick(tmp_path, capsys):

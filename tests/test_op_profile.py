@@ -1,19 +1,23 @@
-"""ONNX Runtime per-op profile: the runner's profiling switch, the trace parsing and the side-by-side table."""
+"""ONNX Runtime per-op profile (benchmarks/op_profile.py, used by benchmarks/deit_base.py): the runner's profiling
+switch, the trace parsing and the side-by-side table."""
 
 from __future__ import annotations
 
 import collections
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import tiny_vit
 
-from vtpdeploy.deploy.bench import op_profile
-from vtpdeploy.deploy.bench.op_profile import op_profile_table, ort_op_profile
 from vtpdeploy.deploy.runners.ort_runner import OrtRunner
 from vtpdeploy.errors import VtpError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import op_profile  # noqa: E402  (benchmarks/ is not a package)
+from op_profile import op_profile_table, ort_op_profile  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import VtpError
+from vtpdeploy.errors import VtpError
 
 KERNEL_SUFFIX = "_kernel_time"
 ALWAYS_SHOWN = ("Gather", "Split", "Transpose")  # the ops pruning adds or removes; shown even when small
@@ -38,7 +38,7 @@ ROLES = ("linear", "attention", "other")
 def ort_op_profile(onnx_path: str | Path, *, batch: int = 1, threads: int | None = None, iters: int = 20,
                    warmup: int = 5, seed: int = 0) -> dict:
     """Mean per-run kernel time per op type over `iters` profiled runs after `warmup` untimed ones (ORT CPU EP)."""
-    from ..runners.ort_runner import OrtRunner
+    from vtpdeploy.deploy.runners.ort_runner import OrtRunner
 
     if iters < 1 or warmup < 0 or batch < 1:
         raise VtpError(f"op profile needs iters >= 1, warmup >= 0 and batch >= 1 (got {iters}, {warmup}, {batch})")
