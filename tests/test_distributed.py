@@ -47,7 +47,7 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 
 def test_global_batch_must_split_across_ranks():
     from vtpdeploy.errors import RecipeError
-    from vtpdeploy.train.pipeline import micro_batching
+    from vtpdeploy.train.setup import micro_batching
     from vtpdeploy.train.recipe import load_recipe
 
     r = load_recipe(None, ["data.batch_size=64"])
