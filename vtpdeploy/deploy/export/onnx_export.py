@@ -208,6 +208,46 @@ def _slim(src: Path, dst: Path, simplifier: str = "onnxslim") -> str | None:
     return None
 
 
+def _checked_simplifier(simplifier: str, batch: int) -> str:
+    if batch < 1:
+        raise VtpError(f"--batch must be >= 1, got {batch}")
+    if simplifier not in SIMPLIFIERS:
+        raise VtpError(f"--simplifier {simplifier!r}: choose {', '.join(SIMPLIFIERS)}")
+    return resolve_simplifier(simplifier)
+
+
+def _sample_array(model: nn.Module, sample, batch: int, validate: bool) -> np.ndarray:
+    """The validation inputs as float32 NCHW (8 seeded standard-normal images when `sample` is None)."""
+    if sample is None:
+        sample = random_inputs(model_input_size(model), max(8, batch))
+    x = sample.detach().float().cpu().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample, np.float32)
+    if validate and x.ndim != 4:
+        raise VtpError(f"sample inputs must be NCHW, got shape {x.shape}")
+    return x
+
+
+def _simplify_validated(tmp: Path, path: Path, simplifier: str, ref, x: np.ndarray, atol: float,
+                        export_batch: int | None, threads: int | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Simplify `tmp` in place when the simplified graph validates: (its validation record, None); else
+    (None, why the unsimplified graph was kept)."""
+    fd, slim_name = tempfile.mkstemp(prefix=f".{path.name}.slim.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    slim_tmp = Path(slim_name)
+    try:
+        note = _slim(tmp, slim_tmp, simplifier)
+        if note is not None:
+            return None, note
+        try:
+            rec = validate_onnx(slim_tmp, ref, x, stage="fp32-simplified", atol=atol, batch=export_batch,
+                                threads=threads)
+        except VtpError as exc:  # keep the unsimplified model
+            return None, f"simplified model rejected: {exc}"
+        os.replace(slim_tmp, tmp)
+        return rec, None
+    finally:
+        slim_tmp.unlink(missing_ok=True)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -237,26 +277,15 @@ def export_onnx(
     """
     if opset > 17:
         warnings.warn(f"opset {opset} > 17: TensorRT 8.5/8.6 cannot parse it", stacklevel=2)
-    if batch < 1:
-        raise VtpError(f"--batch must be >= 1, got {batch}")
-    if simplifier not in SIMPLIFIERS:
-        raise VtpError(f"--simplifier {simplifier!r}: choose {', '.join(SIMPLIFIERS)}")
-    simplifier = resolve_simplifier(simplifier)
+    simplifier = _checked_simplifier(simplifier, batch)
     simplify = validate and simplify and simplifier != "none"
-    openvino = validate and openvino
+    openvino = validate and (_openvino_available() if openvino is None else openvino)
     path = Path(path)
     model = model.eval()
-    if sample is None:
-        sample = random_inputs(model_input_size(model), max(8, batch))
-    x = sample.detach().float().cpu().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample, np.float32)
-    if validate and x.ndim != 4:
-        raise VtpError(f"sample inputs must be NCHW, got shape {x.shape}")
+    x = _sample_array(model, sample, batch, validate)
     ref = torch_logits(model, x) if validate and reference is None else reference
     export_batch = None if dynamic_batch else batch
     dummy = torch.from_numpy(run_dummy(x, batch))
-    if openvino is None:
-        openvino = _openvino_available()
-
     validations: list[dict[str, Any]] = []
     simplified, note = False, None
     with atomic_path(path) as tmp:
@@ -267,23 +296,10 @@ def export_onnx(
         else:
             check_onnx(tmp)
         if simplify:
-            fd, slim_name = tempfile.mkstemp(prefix=f".{path.name}.slim.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            slim_tmp = Path(slim_name)
-            try:
-                note = _slim(tmp, slim_tmp, simplifier)
-                if note is None:
-                    try:
-                        rec = validate_onnx(slim_tmp, ref, x, stage="fp32-simplified", atol=atol,
-                                            batch=export_batch, threads=threads)
-                    except VtpError as exc:  # keep the unsimplified model
-                        note = f"simplified model rejected: {exc}"
-                    else:
-                        validations.append(rec)
-                        os.replace(slim_tmp, tmp)
-                        simplified = True
-            finally:
-                slim_tmp.unlink(missing_ok=True)
+            rec, note = _simplify_validated(tmp, path, simplifier, ref, x, atol, export_batch, threads)
+            if rec is not None:
+                validations.append(rec)
+                simplified = True
         if openvino:
             validations.append(validate_onnx(tmp, ref, x, stage="fp32", backend="openvino", atol=atol,
                                              batch=export_batch, threads=threads))

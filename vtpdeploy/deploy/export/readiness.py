@@ -122,27 +122,8 @@ def check_trt_readiness(onnx_path: str | Path, model=None, widths: dict[str, Any
     warnings: list[str] = []
     per_target = {}
     for t in targets:
-        tw: list[str] = []
-        if facts["opset"] is not None and facts["opset"] > MAX_OPSET[t]:
-            tw.append(f"opset {facts['opset']} > {MAX_OPSET[t]}, the highest TensorRT {t} parses; export with --opset {MAX_OPSET[t]}")
-        ops = {}
-        for op in facts["ops"]:
-            if op not in OP_SUPPORT:
-                ops[op] = "unknown"
-                tw.append(f"op {op} is not in the readiness table; check the onnx-tensorrt operator list")
-                continue
-            min_opset, since = OP_SUPPORT[op]
-            ok = _tv(t) >= _tv(since)
-            ops[op] = "native" if ok else f"needs TensorRT >= {since}"
-            if not ok:
-                hint = " (export with --opset 16 to decompose it)" if op == "LayerNormalization" else ""
-                tw.append(f"op {op} is not native before TensorRT {since}{hint}")
-        for op in facts["custom_ops"]:
-            ops[op] = "custom"
-            tw.append(f"custom-domain op {op} needs a TensorRT plugin")
-        per_target[t] = {"max_opset": MAX_OPSET[t], "opset_ok": facts["opset"] is None or facts["opset"] <= MAX_OPSET[t],
-                         "ops": ops, "warnings": tw}
-        warnings += [f"TensorRT {t}: {w}" for w in tw]
+        per_target[t] = _target_check(t, facts)
+        warnings += [f"TensorRT {t}: {w}" for w in per_target[t]["warnings"]]
     dims = facts["io_shapes"]
     dynamic = any(isinstance(d, str) for shape in dims.values() for d in shape)
     shapes = {"io": dims, "dynamic": dynamic,
@@ -165,36 +146,65 @@ def check_trt_readiness(onnx_path: str | Path, model=None, widths: dict[str, Any
         "linear_not_multiple_of_8": odd,
     }
     if int8_path is not None:
-        from .quantize import qdq_summary
-
-        q = qdq_summary(int8_path)
-        if q["non_int8_qdq"]:
-            kinds = ", ".join(f"{k} x{v}" for k, v in sorted(q["quant_dtypes"].items()) if k != "int8")
-            warnings.append(f"INT8: {len(q['non_int8_qdq'])} Q/DQ nodes are not int8 ({kinds}): TensorRT accepts "
-                            "only int8 Q/DQ; u8 activations (--int8-activations u8) are for CPU runtimes, "
-                            "re-export with --int8-activations s8 for TensorRT")
-        if q["nonzero_zero_points"]:
-            warnings.append(f"INT8: {len(q['nonzero_zero_points'])} non-zero zero points; TensorRT needs symmetric Q/DQ")
-        not_pc = [w["name"] for w in q["weights"] if not w["per_channel"]]
-        typed = [t for t in targets if t in STRONGLY_TYPED_TARGETS]
-        if typed and int8_fp16_path is None:
-            from .trt_versions import onnx_precision
-
-            if onnx_precision(int8_path) == "int8":  # Q/DQ around fp32 float ops
-                for t in typed:
-                    msg = (f"{Path(int8_path).name} keeps its un-quantized ops (attention, softmax, LayerNorm, GELU) in "
-                           "fp32 on this strongly typed builder, so INT8 can be slower than FP16: build INT8 from "
-                           "model.int8.fp16.onnx (vtpdeploy export --int8 --int8-fp16)")
-                    per_target[t]["warnings"].append(msg)
-                    warnings.append(f"TensorRT {t}: {msg}")
-        report["qdq"] = {"path": str(int8_path), "qdq_nodes": q["qdq_nodes"],
-                         "nonzero_zero_points": q["nonzero_zero_points"], "per_tensor_weights": not_pc,
-                         "symmetric": not q["nonzero_zero_points"], "quant_dtypes": q["quant_dtypes"],
-                         "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
-                         "int8_fp16_path": str(int8_fp16_path) if int8_fp16_path is not None else None}
+        report["qdq"] = _qdq_check(int8_path, int8_fp16_path, targets, per_target, warnings)
     report["warnings"] = warnings
     report["ok"] = not warnings
     return report
+
+
+def _target_check(t: str, facts: dict) -> dict[str, Any]:
+    """One TensorRT version: is the opset parsed, is every op native; its warnings."""
+    tw: list[str] = []
+    if facts["opset"] is not None and facts["opset"] > MAX_OPSET[t]:
+        tw.append(f"opset {facts['opset']} > {MAX_OPSET[t]}, the highest TensorRT {t} parses; export with --opset {MAX_OPSET[t]}")
+    ops = {}
+    for op in facts["ops"]:
+        if op not in OP_SUPPORT:
+            ops[op] = "unknown"
+            tw.append(f"op {op} is not in the readiness table; check the onnx-tensorrt operator list")
+            continue
+        min_opset, since = OP_SUPPORT[op]
+        ok = _tv(t) >= _tv(since)
+        ops[op] = "native" if ok else f"needs TensorRT >= {since}"
+        if not ok:
+            hint = " (export with --opset 16 to decompose it)" if op == "LayerNormalization" else ""
+            tw.append(f"op {op} is not native before TensorRT {since}{hint}")
+    for op in facts["custom_ops"]:
+        ops[op] = "custom"
+        tw.append(f"custom-domain op {op} needs a TensorRT plugin")
+    return {"max_opset": MAX_OPSET[t], "opset_ok": facts["opset"] is None or facts["opset"] <= MAX_OPSET[t],
+            "ops": ops, "warnings": tw}
+
+
+def _qdq_check(int8_path, int8_fp16_path, targets, per_target: dict, warnings: list[str]) -> dict[str, Any]:
+    """The INT8 model's Q/DQ facts for TensorRT; adds its warnings to `warnings` (and strongly typed targets')."""
+    from .quantize import qdq_summary
+
+    q = qdq_summary(int8_path)
+    if q["non_int8_qdq"]:
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(q["quant_dtypes"].items()) if k != "int8")
+        warnings.append(f"INT8: {len(q['non_int8_qdq'])} Q/DQ nodes are not int8 ({kinds}): TensorRT accepts "
+                        "only int8 Q/DQ; u8 activations (--int8-activations u8) are for CPU runtimes, "
+                        "re-export with --int8-activations s8 for TensorRT")
+    if q["nonzero_zero_points"]:
+        warnings.append(f"INT8: {len(q['nonzero_zero_points'])} non-zero zero points; TensorRT needs symmetric Q/DQ")
+    not_pc = [w["name"] for w in q["weights"] if not w["per_channel"]]
+    typed = [t for t in targets if t in STRONGLY_TYPED_TARGETS]
+    if typed and int8_fp16_path is None:
+        from .trt_versions import onnx_precision
+
+        if onnx_precision(int8_path) == "int8":  # Q/DQ around fp32 float ops
+            for t in typed:
+                msg = (f"{Path(int8_path).name} keeps its un-quantized ops (attention, softmax, LayerNorm, GELU) in "
+                       "fp32 on this strongly typed builder, so INT8 can be slower than FP16: build INT8 from "
+                       "model.int8.fp16.onnx (vtpdeploy export --int8 --int8-fp16)")
+                per_target[t]["warnings"].append(msg)
+                warnings.append(f"TensorRT {t}: {msg}")
+    return {"path": str(int8_path), "qdq_nodes": q["qdq_nodes"],
+            "nonzero_zero_points": q["nonzero_zero_points"], "per_tensor_weights": not_pc,
+            "symmetric": not q["nonzero_zero_points"], "quant_dtypes": q["quant_dtypes"],
+            "tensorrt_valid": not q["nonzero_zero_points"] and not q["non_int8_qdq"],
+            "int8_fp16_path": str(int8_fp16_path) if int8_fp16_path is not None else None}
 
 
 def enforce(report: dict[str, Any], strict: bool) -> None:
