@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .sites import read_dims
+from .sites import image_chans, read_dims, site, unwrap
 
 
 class BlockWidths(BaseModel):
@@ -53,7 +53,9 @@ def create_timm(name: str, kwargs: dict[str, Any] | None = None, pretrained: boo
     if not timm.is_model(name):
         raise UnsupportedModelError(f"unknown timm model {name!r}")
     try:
-        return timm.create_model(name, pretrained=pretrained, **(kwargs or {}))
+        model = timm.create_model(name, pretrained=pretrained, **(kwargs or {}))
+        model.vtp_kwargs = dict(kwargs or {})  # what `describe` records for models whose kwargs cannot be read back
+        return model
     except UnsupportedModelError:
         raise
     except Exception as exc:  # timm raises assorted errors for bad kwargs
@@ -62,10 +64,19 @@ def create_timm(name: str, kwargs: dict[str, Any] | None = None, pretrained: boo
 
 
 def infer_kwargs(model: nn.Module) -> dict[str, Any]:
-    """The create_model kwargs that pin this VisionTransformer's shapes."""
+    """The create_model kwargs that pin this model's shapes: read back from a VisionTransformer (plus any other
+    kwargs `create_timm` was given); for an Eva, the kwargs `create_timm` was given."""
     from timm.layers import LayerScale
 
+    from .families import block_map, label
+
     dims = read_dims(model)
+    recorded = getattr(model, "vtp_kwargs", None)
+    if block_map(model) == "eva":
+        if recorded is None:
+            raise UnsupportedModelError(f"{label(model)}: create it with vtpdeploy.prune.arch.create_timm so its "
+                                        "kwargs can be recorded (an Eva's cannot be read back)")
+        return dict(recorded)
     blk = model.blocks[0]
     kwargs = {
         "img_size": dims.img_size,
@@ -76,7 +87,7 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
         "embed_dim": dims.embed_dim,
         "depth": dims.depth,
         "num_heads": dims.num_heads,
-        "mlp_ratio": dims.mlp_hidden / dims.embed_dim,
+        "mlp_ratio": unwrap(site(blk, "mlp_in")).out_features / dims.embed_dim,  # fc1 width (both halves of a GLU)
         "qkv_bias": dims.qkv_bias,
         "init_values": 1e-5 if isinstance(blk.ls1, LayerScale) else None,
         "class_token": model.cls_token is not None,
@@ -89,7 +100,9 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
     act = _act_name(blk.mlp.act)
     if act is not None:
         kwargs["act_layer"] = act
-    return kwargs
+    if not isinstance(blk.attn.q_norm, nn.Identity):
+        kwargs["qk_norm"] = True
+    return {**kwargs, **{k: v for k, v in (recorded or {}).items() if k not in kwargs}}
 
 
 def _act_name(act: nn.Module) -> str | None:
@@ -118,7 +131,7 @@ def describe(model: nn.Module) -> ArchSpec:
     data_config = resolve_data_config(model=model)
     img = model.patch_embed.img_size
     if img is not None:  # pretrained_cfg keeps the name's default size even when img_size is overridden
-        data_config["input_size"] = (model.patch_embed.proj.in_channels, int(img[0]), int(img[1]))
+        data_config["input_size"] = (image_chans(model), int(img[0]), int(img[1]))
     return ArchSpec(
         name=name,
         kwargs=infer_kwargs(model),

@@ -15,136 +15,19 @@ is put in one order in which each is a prefix (`residual.py`), and blocks slice 
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, PlanError
 from .arch import ArchSpec, BlockWidths, create_timm, describe
+from .compact_blocks import CompactAttention, CompactBlock, CompactMlp
+from .families import prepare
 from .gates import check_supported, iter_gates
 from .plan import apply_mask
 from .residual import RestoreOrder, permute_outer, residual_order
 from .schema import PrunePlan
 from .sites import site_linear
-
-
-def _input_selection(module: nn.Module, dim: int, in_width: int, slice_input: bool) -> tuple[bool, bool]:
-    """(slice, gather) for a block input of `in_width` of `dim` residual dims. A gathering module holds its
-    kept dims in the persistent `in_index` buffer; a slicing one needs none (they are a prefix)."""
-    pruned = in_width != dim
-    if not slice_input:
-        module.register_buffer("in_index", torch.arange(in_width), persistent=True)
-    return pruned and slice_input, pruned and not slice_input
-
-
-def _linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """nn.Linear; a removed sublayer has zero-size weights, whose init torch warns is a no-op."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
-        return nn.Linear(in_features, out_features, bias=bias)
-
-
-class CompactAttention(nn.Module):
-    """Self-attention with kept input dims, full Q/K heads and per-head V widths `v_dims`."""
-
-    def __init__(self, dim: int, in_width: int, num_heads: int, head_dim: int, v_dims: list[int], bias: bool,
-                 slice_input: bool = False):
-        """`num_heads` / `v_dims`: the source model's heads and V dims per head; heads with 0 V dims are dropped.
-        `slice_input`: the kept inputs are the first `in_width` dims of the (reordered) residual stream."""
-        super().__init__()
-        if len(v_dims) != num_heads or min(v_dims, default=-1) < 0:
-            raise PlanError(f"attention needs {num_heads} V widths >= 0, got {v_dims}")
-        self.removed_heads = [h for h, n in enumerate(v_dims) if n == 0]
-        v_dims = [int(n) for n in v_dims if n]
-        self.num_heads, self.head_dim, self.v_dims = len(v_dims), head_dim, v_dims
-        self.removed = not v_dims  # every head dead: the output is proj.bias (CompactBlock skips the call)
-        self.in_width = in_width
-        self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
-        self.qk_width = 2 * self.num_heads * head_dim
-        self.qkv = _linear(in_width, self.qk_width + sum(v_dims), bias=bias)
-        self.proj = _linear(sum(v_dims), dim)
-        self.uniform_v = len(set(v_dims)) <= 1
-        self.max_v = max(v_dims, default=0)
-        # Every live V head keeps all head_dim dims: Q, K and V split the qkv output in one reshape (one
-        # Split and one Transpose in the ONNX graph instead of two each).
-        self.full_v = self.uniform_v and self.max_v == head_dim
-        pad_index, out_index, offset = [], [], 0
-        for h, n in enumerate(v_dims):
-            pad_index += [offset + j if j < n else sum(v_dims) for j in range(self.max_v)]
-            out_index += [h * self.max_v + j for j in range(n)]
-            offset += n
-        # Non-persistent: derived from v_dims, so never out of sync with the weights.
-        self.register_buffer("v_pad_index", torch.tensor(pad_index, dtype=torch.long), persistent=False)
-        self.register_buffer("v_out_index", torch.tensor(out_index, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        if self.gather_input:
-            x = x.index_select(-1, self.in_index)
-        elif self.slice_input:
-            x = x[..., : self.in_width]
-        qkv = self.qkv(x)
-        if self.full_v:  # V heads as wide as Q/K (whole heads): one reshape + permute for all three, as timm does
-            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k = qkv[..., : self.qk_width].reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            v = qkv[..., self.qk_width :]
-            if not self.uniform_v:
-                v = F.pad(v, (0, 1)).index_select(-1, self.v_pad_index)
-            v = v.reshape(B, N, self.num_heads, self.max_v).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.max_v)
-        if not self.uniform_v:
-            out = out.index_select(-1, self.v_out_index)
-        return self.proj(out)
-
-    def extra_repr(self) -> str:
-        if self.removed:
-            return "removed (every head dead: outputs proj.bias)"
-        removed = f", removed_heads={self.removed_heads}" if self.removed_heads else ""
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, v_dims={self.v_dims}{removed}"
-
-
-class CompactMlp(nn.Module):
-    """fc2(act(fc1(x[..., in_index]))) with kept input dims and a pruned hidden width."""
-
-    def __init__(self, dim: int, in_width: int, hidden: int, act: nn.Module, bias: bool = True,
-                 slice_input: bool = False):
-        super().__init__()
-        self.in_width = in_width
-        self.removed = hidden == 0  # no hidden unit: the output is fc2.bias (CompactBlock skips the call)
-        self.slice_input, self.gather_input = _input_selection(self, dim, in_width, slice_input)
-        self.fc1 = _linear(in_width, hidden, bias=bias)
-        self.act = act
-        self.fc2 = _linear(hidden, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gather_input:
-            x = x.index_select(-1, self.in_index)
-        elif self.slice_input:
-            x = x[..., : self.in_width]
-        return self.fc2(self.act(self.fc1(x)))
-
-    def extra_repr(self) -> str:
-        return "removed (no hidden unit: outputs fc2.bias)" if self.removed else ""
-
-
-class CompactBlock(nn.Module):
-    """Pre-norm transformer block; LayerScale is folded into proj/fc2."""
-
-    def __init__(self, dim: int, widths: BlockWidths, num_heads: int, head_dim: int, qkv_bias: bool,
-                 norm1: nn.Module, norm2: nn.Module, act: nn.Module, slice_input: bool = False):
-        super().__init__()
-        self.norm1 = norm1
-        self.attn = CompactAttention(dim, widths.qkv_in, num_heads, head_dim, widths.v_dims, qkv_bias, slice_input)
-        self.norm2 = norm2
-        self.mlp = CompactMlp(dim, widths.mlp_in, widths.mlp_hidden, act, slice_input=slice_input)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + (self.attn.proj.bias if self.attn.removed else self.attn(self.norm1(x)))
-        return x + (self.mlp.fc2.bias if self.mlp.removed else self.mlp(self.norm2(x)))
 
 
 def build(spec: ArchSpec) -> nn.Module:
@@ -155,8 +38,9 @@ def build(spec: ArchSpec) -> nn.Module:
     if spec.blocks is not None:
         if len(spec.blocks) != len(model.blocks):
             raise CheckpointError(f"architecture lists {len(spec.blocks)} blocks, model has {len(model.blocks)}")
-        model.blocks = nn.Sequential(*[_skeleton_block(model, i, w, spec.input_slices)
-                                       for i, w in enumerate(spec.blocks)])
+        prepare(model)  # the skeleton reads the fused qkv of an Eva block
+        blocks = [_skeleton_block(model, i, w, spec.input_slices) for i, w in enumerate(spec.blocks)]
+        model.blocks = nn.ModuleList(blocks) if isinstance(model.blocks, nn.ModuleList) else nn.Sequential(*blocks)
         if spec.input_slices:  # the trunk runs on a reordered residual stream; the final norm restores the order
             model.norm = RestoreOrder(model.norm, model.embed_dim)
     elif spec.gated:
@@ -165,20 +49,26 @@ def build(spec: ArchSpec) -> nn.Module:
     return model
 
 
+def _is_glu(mlp: nn.Module) -> bool:
+    """SwiGLU (split fc1_g / fc1_x) or timm's GluMlp (one fc1 holding both halves)."""
+    from timm.layers import GluMlp
+
+    return hasattr(mlp, "fc1_g") or isinstance(mlp, GluMlp)
+
+
 def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths, slice_input: bool) -> CompactBlock:
     ref = model.blocks[index]
-    attn = ref.attn
-    return CompactBlock(
-        dim=model.embed_dim,
-        widths=widths,
-        num_heads=attn.num_heads,
-        head_dim=attn.head_dim,
-        qkv_bias=site_linear(ref, "qkv_in").bias is not None,
-        norm1=copy.deepcopy(ref.norm1),
-        norm2=copy.deepcopy(ref.norm2),
-        act=copy.deepcopy(ref.mlp.act),
-        slice_input=slice_input,
-    )
+    attn, mlp, dim = ref.attn, ref.mlp, model.embed_dim
+    rope = getattr(model, "rope", None) is not None and hasattr(attn, "num_prefix_tokens")
+    compact_attn = CompactAttention(
+        dim, widths.qkv_in, attn.num_heads, attn.head_dim, widths.v_dims,
+        bias=site_linear(ref, "qkv_in").bias is not None, slice_input=slice_input,
+        q_norm=copy.deepcopy(attn.q_norm), k_norm=copy.deepcopy(attn.k_norm), norm=copy.deepcopy(attn.norm),
+        rope_prefix=int(attn.num_prefix_tokens) if rope else None, rotate_half=bool(getattr(attn, "rotate_half", False)))
+    compact_mlp = CompactMlp(
+        dim, widths.mlp_in, widths.mlp_hidden, copy.deepcopy(mlp.act), bias=site_linear(ref, "mlp_in").bias is not None,
+        slice_input=slice_input, glu=_is_glu(mlp), norm=copy.deepcopy(mlp.norm))
+    return CompactBlock(copy.deepcopy(ref.norm1), compact_attn, copy.deepcopy(ref.norm2), compact_mlp)
 
 
 def widths_from_plan(plan: PrunePlan) -> list[BlockWidths]:
@@ -193,9 +83,36 @@ def widths_from_plan(plan: PrunePlan) -> list[BlockWidths]:
     ]
 
 
-def _layer_scale(module: nn.Module, dim: int, like: torch.Tensor) -> torch.Tensor:
-    gamma = getattr(module, "gamma", None)
+def _layer_scale(block: nn.Module, n: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """LayerScale n (1: attention, 2: MLP) of a timm ViT block (`ls1.gamma`) or an Eva block (`gamma_1`)."""
+    ls = getattr(block, f"ls{n}", None)
+    gamma = getattr(ls, "gamma", None) if ls is not None else getattr(block, f"gamma_{n}", None)
     return gamma.detach() if gamma is not None else torch.ones(dim, dtype=like.dtype, device=like.device)
+
+
+def _bias_or_zeros(linear: nn.Linear) -> torch.Tensor:
+    return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+
+
+def _fc1_rows(mlp: nn.Module, k_h: torch.Tensor, k_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the compact fc1: the kept inputs (gate folded) of each kept hidden unit's row; for a
+    GLU MLP its gate rows, then its value rows, each pair kept or dropped together."""
+    gate = mlp.fc1.gate if hasattr(mlp.fc1, "gate") else mlp.fc1_x.gate
+
+    def rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = (linear.weight[:, k_in] * gate[k_in])[index]
+        return w, linear.bias[index] if linear.bias is not None else None
+
+    if hasattr(mlp, "fc1_g"):  # SwiGLU: act(fc1_g(x)) * fc1_x(x)
+        parts = [rows(mlp.fc1_g.linear, k_h), rows(mlp.fc1_x.linear, k_h)]
+    elif _is_glu(mlp):  # GluMlp: one fc1, halves (x1, x2); the gate is x2 when gate_last
+        hidden = mlp.fc2.linear.in_features
+        gate_rows, value_rows = (k_h + hidden, k_h) if mlp.gate_last else (k_h, k_h + hidden)
+        parts = [rows(mlp.fc1.linear, gate_rows), rows(mlp.fc1.linear, value_rows)]
+    else:
+        return rows(mlp.fc1.linear, k_h)
+    bias = torch.cat([b for _, b in parts]) if parts[0][1] is not None else None
+    return torch.cat([w for w, _ in parts]), bias
 
 
 @torch.no_grad()
@@ -206,53 +123,52 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
     attn, mlp = block.attn, block.mlp
     dim = attn.proj.linear.out_features
     A = attn.num_heads * attn.head_dim
+    device = attn.proj.linear.weight.device
 
-    def kept(kind: str, device) -> torch.Tensor:
+    def kept(kind: str) -> torch.Tensor:
         return torch.tensor(plan.gate(b, kind).kept, dtype=torch.long, device=device)
 
-    def inputs(kind: str, device) -> torch.Tensor:
+    def inputs(kind: str) -> torch.Tensor:
         """The residual dims a block input reads, in the order its Linear's columns will have."""
-        return kept(kind, device) if order is None else order.to(device)[: len(plan.gate(b, kind).kept)]
+        return kept(kind) if order is None else order.to(device)[: len(plan.gate(b, kind).kept)]
 
     def stream(t: torch.Tensor) -> torch.Tensor:
         """A tensor indexed by the residual stream on dim 0, in the stream's order."""
         return t if order is None else t.index_select(0, order.to(t.device))
 
     state: dict[str, torch.Tensor] = {}
-    # qkv: keep gated input columns (gate folded), all Q/K rows, kept V rows.
+    # qkv: keep gated input columns (gate folded), the live heads' Q/K rows, kept V rows.
     qkv = attn.qkv.linear
-    k_in = inputs("qkv_in", qkv.weight.device)
-    k_v = kept("attn_v", qkv.weight.device)
-    hd = attn.head_dim
+    k_in, k_v, hd = inputs("qkv_in"), kept("attn_v"), attn.head_dim
     live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
-    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live]
-                        or [k_v.new_empty(0)])
+    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=device) for h in live] or [k_v.new_empty(0)])
     rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
-    w = qkv.weight[:, k_in] * attn.qkv.gate[k_in]
     if order is None:
         state[f"{prefix}attn.in_index"] = k_in.cpu()
-    state[f"{prefix}attn.qkv.weight"] = w[rows]
+    state[f"{prefix}attn.qkv.weight"] = (qkv.weight[:, k_in] * attn.qkv.gate[k_in])[rows]
     if qkv.bias is not None:
         state[f"{prefix}attn.qkv.bias"] = qkv.bias[rows]
     # proj: kept V columns with the attn_v gate folded; LayerScale folded into rows.
     proj = attn.proj.linear
-    g1 = _layer_scale(block.ls1, dim, proj.weight)
+    g1 = _layer_scale(block, 1, dim, proj.weight)
     state[f"{prefix}attn.proj.weight"] = stream(g1[:, None] * proj.weight[:, k_v] * attn.proj.gate[k_v])
-    state[f"{prefix}attn.proj.bias"] = stream(g1 * proj.bias if proj.bias is not None else torch.zeros_like(g1))
-    # MLP
-    fc1, fc2 = mlp.fc1.linear, mlp.fc2.linear
-    k_mi = inputs("mlp_in", fc1.weight.device)
-    k_h = kept("mlp_hidden", fc1.weight.device)
+    state[f"{prefix}attn.proj.bias"] = stream(g1 * _bias_or_zeros(proj))
+    # MLP: fc1 rows of the kept hidden units (paired gate/value rows in a GLU), fc2 columns with the gate folded.
+    k_mi, k_h, fc2 = inputs("mlp_in"), kept("mlp_hidden"), mlp.fc2.linear
     if order is None:
         state[f"{prefix}mlp.in_index"] = k_mi.cpu()
-    state[f"{prefix}mlp.fc1.weight"] = (fc1.weight[:, k_mi] * mlp.fc1.gate[k_mi])[k_h]
-    state[f"{prefix}mlp.fc1.bias"] = fc1.bias[k_h]
-    g2 = _layer_scale(block.ls2, dim, fc2.weight)
+    state[f"{prefix}mlp.fc1.weight"], fc1_bias = _fc1_rows(mlp, k_h, k_mi)
+    if fc1_bias is not None:
+        state[f"{prefix}mlp.fc1.bias"] = fc1_bias
+    g2 = _layer_scale(block, 2, dim, fc2.weight)
     state[f"{prefix}mlp.fc2.weight"] = stream(g2[:, None] * fc2.weight[:, k_h] * mlp.fc2.gate[k_h])
-    state[f"{prefix}mlp.fc2.bias"] = stream(g2 * fc2.bias)
+    state[f"{prefix}mlp.fc2.bias"] = stream(g2 * _bias_or_zeros(fc2))
     for name in ("norm1", "norm2"):
         for pname, p in getattr(block, name).state_dict().items():
             state[f"{prefix}{name}.{pname}"] = stream(p) if p.dim() == 1 and p.numel() == dim else p
+    for name in ("attn.q_norm", "attn.k_norm", "attn.norm", "mlp.norm"):  # over heads / V / hidden: kept full
+        for pname, p in block.get_submodule(name).state_dict().items():
+            state[f"{prefix}{name}.{pname}"] = p
     return state
 
 

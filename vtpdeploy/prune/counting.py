@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
+from .sites import image_chans
+
 
 def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return flop_counter.sdpa_flop_count(query, key, value)
@@ -22,7 +24,7 @@ def _custom_mapping() -> dict:
 
 def _input_shape(model: nn.Module, img_size) -> tuple[int, int, int, int]:
     pe = model.patch_embed
-    chans = pe.proj.in_channels
+    chans = image_chans(model)
     if img_size is None:
         img_size = pe.img_size
     if isinstance(img_size, int):

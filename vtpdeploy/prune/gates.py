@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from .sites import GATE_KINDS, iter_sites, set_site, site, unbiased_sites
+from . import families
+from .sites import GATE_KINDS, iter_sites, set_site, site
 
 
 class GatedLinear(nn.Module):
@@ -49,39 +50,27 @@ class GateRef:
 
 
 def check_supported(model: nn.Module) -> None:
-    """Raise UnsupportedModelError unless `model` is a plain timm VisionTransformer layout."""
-    from timm.layers import Mlp
-    from timm.models.vision_transformer import Attention, Block, VisionTransformer
-
-    label = _label(model)
-    if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(
-            f"{label}: not a timm VisionTransformer (VTP gates need its qkv/proj/fc1/fc2 block layout)"
-        )
-    for i, block in enumerate(model.blocks):
-        if type(block) is not Block:
-            raise UnsupportedModelError(f"{label}: block {i} is {type(block).__name__}, expected timm Block")
-        attn, mlp = block.attn, block.mlp
-        if type(attn) is not Attention:
-            raise UnsupportedModelError(f"{label}: block {i} attention is {type(attn).__name__}")
-        if type(mlp) is not Mlp:
-            raise UnsupportedModelError(
-                f"{label}: block {i} MLP is {type(mlp).__name__} (gated/SwiGLU MLPs are not supported)"
-            )
-        if not isinstance(attn.q_norm, nn.Identity) or not isinstance(attn.norm, nn.Identity):
-            raise UnsupportedModelError(f"{label}: block {i} uses qk-norm or scale-norm, not supported")
-        if getattr(attn, "gate", None) is not None:
-            raise UnsupportedModelError(f"{label}: block {i} uses gated attention, not supported")
-        if not isinstance(mlp.norm, nn.Identity):
-            raise UnsupportedModelError(f"{label}: block {i} MLP has an inner norm, not supported")
-        missing = unbiased_sites(block)
-        if missing:
-            raise UnsupportedModelError(f"{label}: block {i} {missing[0]} has no bias (compaction folds into biases)")
+    """Raise UnsupportedModelError (one line) unless `model` has a block layout VTP prunes exactly (`families`)."""
+    families.check_supported(model)
 
 
 def _label(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return str(cfg.get("architecture") or type(model).__name__)
+    return families.label(model)
+
+
+class SharedGateLinear(nn.Module):
+    """`linear(x * source.gate)`: a second Linear reading a gated site (SwiGLU's `fc1_g` beside `fc1_x`).
+
+    The gate stays one parameter (the source's); the source is held outside the module tree so it is
+    saved and counted once."""
+
+    def __init__(self, linear: nn.Linear, source: GatedLinear):
+        super().__init__()
+        self.linear = linear
+        self._source = (source,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x * self._source[0].gate)
 
 
 def add_gates(model: nn.Module) -> nn.Module:
@@ -92,9 +81,12 @@ def add_gates(model: nn.Module) -> nn.Module:
     if any(True for _ in iter_gates(model)):
         raise UnsupportedModelError(f"{_label(model)}: model already has VTP gates")
     check_supported(model)
+    families.prepare(model)
     for block in model.blocks:
         for kind in GATE_KINDS:
             set_site(block, kind, GatedLinear(site(block, kind), kind))
+        if getattr(block.mlp, "fc1_g", None) is not None:
+            block.mlp.fc1_g = SharedGateLinear(block.mlp.fc1_g, site(block, "mlp_in"))
     return model
 
 

@@ -4,8 +4,9 @@
 scores gives each gate a kept count, `widths.allocate` moves the counts to widths the constraints (a
 hardware profile) allow while keeping the total, and `widths.gate_plans` picks the kept dims.
 
-Kinds the constraints keep full (`keep_full`, e.g. the `cpu-nogather` profile) are left out of the
-ranking and the others remove their share too, so the plan still removes `rate` of all gated dims.
+Kinds the constraints keep full (`keep_full`, e.g. the `cpu-nogather` profile) and sites behind a norm over
+their own features (`sites.full_sites`) are left out of the ranking and the others remove their share too, so
+the plan still removes `rate` of all gated dims.
 Under `granularity="head"` a head's V dims are ranked as one unit: each scores its head's mean.
 Under `shared_input_order` (the `cpu` profile) the qkv_in / mlp_in counts come from the same threshold, but
 their kept dims are the top of one ranking shared by all blocks (`widths.gate_plans`).
@@ -27,7 +28,7 @@ from .schema import (
     Scope,
     WidthConstraints,
 )
-from .sites import Key, iter_sites, unwrap
+from .sites import Key, full_sites, iter_sites, unwrap
 from .widths import allocate, gate_plans
 
 __all__ = ["GatePlan", "PrunePlan", "WidthConstraints", "apply_mask", "importance_scores", "plan"]
@@ -74,16 +75,18 @@ def _head_mean_scores(s: torch.Tensor, num_heads: int, head_dim: int) -> torch.T
     return s.reshape(num_heads, head_dim).mean(dim=1, keepdim=True).expand(num_heads, head_dim).reshape(-1).clone()
 
 
-def _prunable_rate(scores: dict[Key, torch.Tensor], constraints: WidthConstraints, rate: float) -> float:
-    """The rate the prunable kinds must lose so that `rate` of all gated dims goes."""
+def _prunable_rate(scores: dict[Key, torch.Tensor], ranked: dict[Key, torch.Tensor], constraints: WidthConstraints,
+                   rate: float) -> float:
+    """The rate the ranked gates must lose so that `rate` of all gated dims goes."""
     total = sum(s.numel() for s in scores.values())
-    free = sum(s.numel() for k, s in scores.items() if k[1] not in constraints.keep_full)
+    free = sum(s.numel() for s in ranked.values())
     if not free:
-        raise PlanError(f"profile {constraints.profile} keeps every gate kind full: nothing to prune")
+        raise PlanError(f"profile {constraints.profile} keeps every gate full: nothing to prune")
     effective = rate * total / free
     if effective >= 1.0:
+        full = ", ".join(constraints.keep_full) or "the sites behind a norm"
         raise PlanError(f"rate {rate} is too high for profile {constraints.profile}: it keeps "
-                        f"{', '.join(constraints.keep_full)} full, so at most {free / total:.0%} of the gated dims can go")
+                        f"{full} full, so at most {free / total:.0%} of the gated dims can go")
     return effective
 
 
@@ -144,10 +147,11 @@ def plan(
     if constraints.granularity == "head":
         scores = {k: _head_mean_scores(s, attn.num_heads, attn.head_dim) if k[1] == "attn_v" else s
                   for k, s in scores.items()}
-    ranked = {k: s for k, s in scores.items() if k[1] not in constraints.keep_full}
+    fixed = {(i, kind) for i, block in enumerate(model.blocks) for kind in full_sites(block)}
+    ranked = {k: s for k, s in scores.items() if k[1] not in constraints.keep_full and k not in fixed}
     groups = _scope_groups(ranked, scope)
-    counts, thresholds = _threshold_counts(ranked, groups, _prunable_rate(scores, constraints, rate)
-                                           if constraints.keep_full else rate)
+    counts, thresholds = _threshold_counts(ranked, groups, _prunable_rate(scores, ranked, constraints, rate)
+                                           if len(ranked) < len(scores) else rate)
     counts.update({k: s.numel() for k, s in scores.items() if k not in ranked})
     counts = allocate(counts, scores, constraints, attn.num_heads, attn.head_dim, groups.values())
     counts.update({k: s.numel() for k, s in scores.items() if k not in ranked})

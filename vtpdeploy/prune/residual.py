@@ -25,6 +25,7 @@ _LAST_AXIS = ("cls_token", "reg_token", "dist_token", "pos_embed")
 _FIRST_AXIS = ("patch_embed.proj.weight", "patch_embed.proj.bias")
 _NORMS = ("patch_embed.norm.", "norm_pre.")
 _AFTER_TRUNK = ("fc_norm.", "head.", "head_dist.", "attn_pool.")
+_HYBRID_STEM = "patch_embed.backbone."  # a CNN stem in front of a patch projection: untouched
 
 
 class RestoreOrder(nn.Module):
@@ -72,7 +73,7 @@ def permute_outer(state: dict[str, torch.Tensor], order: list[int]) -> dict[str,
             out[key] = value.index_select(0, i)
         elif key.startswith("norm.") and value.dim() == 1:
             out["norm." + key] = value.index_select(0, i)
-        elif key.startswith(_AFTER_TRUNK):
+        elif key.startswith(_AFTER_TRUNK) or (key.startswith(_HYBRID_STEM) and _FIRST_AXIS[0] in state):
             out[key] = value
         else:
             return None

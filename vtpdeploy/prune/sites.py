@@ -11,6 +11,12 @@ and compact blocks (`CompactAttention` / `CompactMlp` keep the names `qkv`, `pro
 | `mlp_in`     | LayerNorm output entering fc1           | `mlp.fc1`              |
 | `mlp_hidden` | fc1 hidden output (after activation)    | `mlp.fc2`              |
 
+The same names hold in timm's Eva blocks (EVA-02, DINOv3, RoPE ViTs, Perception Encoder) once `families.prepare`
+has fused their separate q/k/v projections into one `attn.qkv`. A SwiGLU MLP reads its input with two Linears
+(`fc1_g`, `fc1_x`): the `mlp_in` site is `fc1_x`, and `fc1_g` shares its gate (`gates.SharedGateLinear`).
+A site behind a norm over its own features (attention scale-norm, the MLP inner norm) is gated after the norm
+and kept full by every plan (`full_sites`): removing a feature there would change the norm's statistics.
+
 `read_dims` is the one reader of widths (embedding, heads, hidden, tokens, and per block the built and
 kept width at each site); arch, inspection, profiles, the latency tables and the TensorRT readiness
 report all read a model through it.
@@ -42,8 +48,8 @@ INPUT_KINDS: tuple[str, ...] = ("qkv_in", "mlp_in")
 SUBLAYER_KINDS: tuple[str, ...] = ("attn_v", "mlp_hidden")
 _SUBLAYERS = tuple(SITES[k][0] for k in SUBLAYER_KINDS)  # ("attn", "mlp"): the block attributes removed
 
-# Compaction folds kept gate values and LayerScale into these Linears' biases, so they must have one.
-BIASED_KINDS: tuple[str, ...] = ("attn_v", "mlp_in", "mlp_hidden")
+# Module names a site may have instead of SITES' (separate q/k/v before `families.prepare` fuses them; SwiGLU).
+_ALIASES: dict[str, tuple[str, ...]] = {"qkv": ("qkv", "q_proj"), "fc1": ("fc1", "fc1_x")}
 
 Key = tuple[int, str]  # (block index, gate kind)
 
@@ -64,16 +70,24 @@ def vit_blocks(model: nn.Module) -> Sequence[nn.Module]:
     return blocks if blocks is not None else ()
 
 
-def site(block: nn.Module, kind: str) -> nn.Module | None:
-    """The module at a gate site of `block`: a Linear, a GatedLinear, or None when the block has no such site."""
+def _site_attr(block: nn.Module, kind: str) -> tuple[nn.Module | None, str | None]:
     parent_name, linear_name = SITES[kind]
     parent = getattr(block, parent_name, None)
-    return getattr(parent, linear_name, None) if parent is not None else None
+    for name in _ALIASES.get(linear_name, (linear_name,)):
+        if parent is not None and getattr(parent, name, None) is not None:
+            return parent, name
+    return parent, None
+
+
+def site(block: nn.Module, kind: str) -> nn.Module | None:
+    """The module at a gate site of `block`: a Linear, a GatedLinear, or None when the block has no such site."""
+    parent, name = _site_attr(block, kind)
+    return getattr(parent, name) if name is not None else None
 
 
 def set_site(block: nn.Module, kind: str, module: nn.Module) -> None:
-    parent_name, linear_name = SITES[kind]
-    setattr(getattr(block, parent_name), linear_name, module)
+    parent, name = _site_attr(block, kind)
+    setattr(parent, name, module)
 
 
 def unwrap(module: nn.Module) -> nn.Linear:
@@ -99,9 +113,26 @@ def site_sizes(model: nn.Module) -> dict[Key, int]:
     return {(i, kind): unwrap(module).in_features for i, kind, module in iter_sites(model)}
 
 
-def unbiased_sites(block: nn.Module) -> list[str]:
-    """Module paths of the Linears in `block` that compaction needs biased but that have no bias."""
-    return [site_name(kind) for kind in BIASED_KINDS if site_linear(block, kind).bias is None]
+def full_sites(block: nn.Module) -> tuple[str, ...]:
+    """The kinds of `block` that every plan keeps full: the attention output under a scale-norm (it normalises
+    over all heads' V dims) and the MLP hidden units under an inner norm."""
+    norms = {"attn_v": getattr(block.attn, "norm", None), "mlp_hidden": getattr(block.mlp, "norm", None)}
+    return tuple(k for k, norm in norms.items() if norm is not None and not isinstance(norm, nn.Identity))
+
+
+def image_chans(model: nn.Module) -> int:
+    """The channels of the model's input image: `in_chans` (timm ViT and Eva keep it), else the data config.
+
+    Never the patch projection's input: behind a hybrid (CNN) stem that is the backbone's output."""
+    chans = getattr(model, "in_chans", None)
+    if chans is None:
+        spec = getattr(model, "vtp_spec", None)
+        size = (spec.data_config if spec is not None else {}).get("input_size") or \
+            (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        if not size:
+            raise UnsupportedModelError(f"{type(model).__name__}: cannot tell its input channels (no in_chans)")
+        chans = size[0]
+    return int(chans)
 
 
 # -- widths ---------------------------------------------------------------------------------------
@@ -180,7 +211,7 @@ def read_dims(model: nn.Module) -> ModelDims:
         qkv_bias=site_linear(blocks[0], "qkv_in").bias is not None,
         tokens=int(n) + int(getattr(model, "num_prefix_tokens", 1)) if n else None,
         img_size=[int(v) for v in pe.img_size] if pe.img_size is not None else None,
-        in_chans=int(pe.proj.in_channels),
+        in_chans=image_chans(model),
         num_classes=int(getattr(model, "num_classes", 0)),
         blocks=dims,
     )

@@ -24,6 +24,7 @@ from ...console import one_line, quiet
 from ...errors import VtpError
 from ...fileio import atomic_path
 from ...prune.numerics import assert_close, max_abs_diff, top1_agreement
+from ...prune.sites import image_chans
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -56,7 +57,7 @@ def model_input_size(model: nn.Module) -> tuple[int, int, int]:
         return tuple(int(v) for v in spec.data_config["input_size"])
     pe = getattr(model, "patch_embed", None)
     if pe is not None and getattr(pe, "img_size", None) is not None:
-        return (int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1]))
+        return (image_chans(model), int(pe.img_size[0]), int(pe.img_size[1]))
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if cfg.get("input_size"):
         return tuple(int(v) for v in cfg["input_size"])
