@@ -1,11 +1,10 @@
-"""The one map of a timm ViT (`prune.sites`): site access, unwrap, the width reader and the bias check."""
+"""The one map of a timm ViT (`prune.sites`): site access, unwrap, the width reader, bias-free Linears and image channels."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-from conftest import gated_random, make_vit, masked_and_compact
+import torch
+from conftest import gated_random, make_vit, masked_and_compact, max_diff
 from torch import nn
 
 import vtpdeploy
@@ -15,7 +14,8 @@ from vtpdeploy.deploy.export.readiness import model_widths
 from vtpdeploy.prune.arch import infer_kwargs
 from vtpdeploy.prune.gates import GatedLinear
 from vtpdeploy.prune.inspection import block_widths
-from vtpdeploy.prune.sites import read_dims, site, site_sizes, unbiased_sites, unwrap
+from vtpdeploy.prune.arch import create_timm
+from vtpdeploy.prune.sites import image_chans, read_dims, site, site_sizes, unwrap
 
 # conftest's tiny ViT: 4x4 patches + cls = 17 tokens, embed 48, 3 heads of 16 dims, hidden 192, depth 2.
 FULL = {"qkv_in": 48, "attn_v": 48, "mlp_in": 48, "mlp_hidden": 192}
@@ -76,16 +76,17 @@ def test_read_dims_rejects_a_model_that_is_not_a_vit():
     assert "\n" not in str(info.value) and "not a ViT" in str(info.value)
 
 
-def test_one_bias_check_for_gating_and_compaction(tiny_vit):
-    assert unbiased_sites(tiny_vit().blocks[0]) == []
-    assert unbiased_sites(tiny_vit(proj_bias=False).blocks[0]) == ["attn.proj", "mlp.fc1", "mlp.fc2"]
-    with pytest.raises(UnsupportedModelError, match="attn.proj has no bias"):
-        vtpdeploy.add_gates(tiny_vit(proj_bias=False))
-    # a gated model whose fc2 lost its bias after gating: compact refuses it with the same one-line error
-    model = gated_random(make_vit(), seed=5)
+def test_bias_free_linears_compact_exactly(tiny_vit):
+    """proj/fc1/fc2 without a bias: compaction folds LayerScale into a zero bias and keeps fc1 unbiased."""
+    model = gated_random(tiny_vit(proj_bias=False), seed=5)
     p = vtpdeploy.plan(model, 0.3)
-    broken = copy.deepcopy(model)
-    unwrap(site(broken.blocks[1], "mlp_hidden")).bias = None
-    with pytest.raises(UnsupportedModelError, match="block 1 mlp.fc2 has no bias"):
-        vtpdeploy.compact(broken, p)
-    vtpdeploy.compact(model, p)  # the intact model compacts: only the missing bias is refused
+    masked, small = masked_and_compact(model, p)
+    x = torch.randn(2, 3, 32, 32)
+    assert max_diff(masked(x), small(x)) <= 1e-5
+    assert small.blocks[0].mlp.fc1.bias is None and small.blocks[0].attn.proj.bias is not None
+
+
+def test_image_channels_come_from_the_model_not_the_patch_projection():
+    """Behind a hybrid stem the patch projection reads the backbone's channels (or is an Identity)."""
+    model = create_timm("vit_base_mci_224", {"img_size": 64, "depth": 1, "in_chans": 1})
+    assert image_chans(model) == 1 and read_dims(model).in_chans == 1

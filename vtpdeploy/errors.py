@@ -8,7 +8,7 @@ class VtpError(Exception):
 
 
 class UnsupportedModelError(VtpError):
-    """The model is not a timm VisionTransformer layout that VTP gates can be placed in."""
+    """The model is not a timm VisionTransformer / Eva layout that VTP gates can be placed in."""
 
 
 class RecipeError(VtpError):

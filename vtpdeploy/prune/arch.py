@@ -102,6 +102,8 @@ def infer_kwargs(model: nn.Module) -> dict[str, Any]:
         kwargs["act_layer"] = act
     if not isinstance(blk.attn.q_norm, nn.Identity):
         kwargs["qk_norm"] = True
+    if unwrap(site(blk, "attn_v")).bias is None:
+        kwargs["proj_bias"] = False
     return {**kwargs, **{k: v for k, v in (recorded or {}).items() if k not in kwargs}}
 
 

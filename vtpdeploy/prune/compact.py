@@ -97,7 +97,7 @@ def _bias_or_zeros(linear: nn.Linear) -> torch.Tensor:
 def _fc1_rows(mlp: nn.Module, k_h: torch.Tensor, k_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) of the compact fc1: the kept inputs (gate folded) of each kept hidden unit's row; for a
     GLU MLP its gate rows, then its value rows, each pair kept or dropped together."""
-    gate = mlp.fc1.gate if hasattr(mlp.fc1, "gate") else mlp.fc1_x.gate
+    gate = (mlp.fc1_x if hasattr(mlp, "fc1_x") else mlp.fc1).gate
 
     def rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         w = (linear.weight[:, k_in] * gate[k_in])[index]

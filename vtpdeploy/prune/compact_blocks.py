@@ -84,8 +84,8 @@ class CompactAttention(nn.Module):
         self.register_buffer("v_out_index", torch.tensor(out_index, dtype=torch.long), persistent=False)
         self.register_buffer("live_index", torch.tensor(self.live_heads, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         qkv = self.qkv(_select_input(self, x))
         if self.full_v:  # V heads as wide as Q/K (whole heads): one reshape + permute for all three, as timm does
@@ -99,7 +99,7 @@ class CompactAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None and self.rope_prefix is not None:
             q, k = self._rotate(q, rope), self._rotate(k, rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.max_v)
         if not self.uniform_v:
             out = out.index_select(-1, self.v_out_index)
@@ -165,10 +165,11 @@ class CompactBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
+        """`is_causal`: accepted because Eva passes it; image models never set it (a traced export sees a tensor)."""
         if self.attn.removed:
             x = x + self.attn.proj.bias
-        elif rope is None and attn_mask is None and not is_causal:
+        elif rope is None and attn_mask is None:
             x = x + self.attn(self.norm1(x))
         else:
-            x = x + self.attn(self.norm1(x), rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+            x = x + self.attn(self.norm1(x), rope=rope, attn_mask=attn_mask)
         return x + (self.mlp.fc2.bias if self.mlp.removed else self.mlp(self.norm2(x)))

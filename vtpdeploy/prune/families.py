@@ -36,11 +36,11 @@ def block_map(model: nn.Module) -> str:
     """'vit' or 'eva': the block map `model` is read with; UnsupportedModelError for other models."""
     families, _ = _classes()
     for cls in families:
-        if type(model) is cls:
+        if isinstance(model, cls):  # subclasses too (DeiT's distilled ViT)
             return "eva" if cls.__name__ == "Eva" else "vit"
     raise UnsupportedModelError(
-        f"{label(model)}: {type(model).__name__} is not supported (VTP gates need a timm VisionTransformer "
-        "or Eva with qkv/proj/fc1/fc2 blocks)")
+        f"{label(model)}: not a timm VisionTransformer or Eva ({type(model).__name__} is not supported; VTP gates "
+        "need their qkv/proj/fc1/fc2 block layout)")
 
 
 def check_supported(model: nn.Module) -> None:
@@ -48,7 +48,7 @@ def check_supported(model: nn.Module) -> None:
     families, mlps = _classes()
     name = label(model)
     block_map(model)
-    block_cls, attn_classes = families[type(model)]
+    block_cls, attn_classes = next(v for cls, v in families.items() if isinstance(model, cls))
     _check_stem(model, name)
     for i, block in enumerate(model.blocks):
         if type(block) is not block_cls:

@@ -1,0 +1,198 @@
+"""One small model per timm family: supported ones gate, plan, compact exactly (fp64 vs the hard mask), save/load
+and export with ONNX Runtime parity; the others are refused in one line. `FAMILIES` is also docs/models.md's
+source: `PYTHONPATH=$PWD python tests/test_families.py` rewrites it, and a test checks it is in sync.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_gates, randomize_head
+
+import vtpdeploy
+from vtpdeploy.errors import UnsupportedModelError
+from vtpdeploy.prune.arch import create_timm
+from vtpdeploy.prune.sites import full_sites
+
+torch.set_num_threads(1)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 10}
+HYBRID = {"img_size": 64, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 10}
+ALL_SITES = "qkv inputs, V dims, fc1 inputs, hidden units"
+
+
+@dataclass(frozen=True)
+class Family:
+    family: str
+    name: str  # one timm name of the family
+    pruned: str = ALL_SITES  # supported: what VTP prunes there; refused: ""
+    refused: str = ""  # the words the one-line refusal contains
+    kwargs: dict = field(default_factory=lambda: dict(SMALL))
+    rate: float = 0.4  # of all gated dims; lower where sites behind a norm stay full
+
+
+FAMILIES = [
+    Family("ViT (classic)", "vit_tiny_patch16_224"),
+    Family("DeiT distilled", "deit_tiny_distilled_patch16_224"),
+    Family("DeiT-III (LayerScale)", "deit3_small_patch16_224"),
+    Family("CLIP ViT (pre-norm)", "vit_base_patch16_clip_224"),
+    Family("SigLIP (MAP head)", "vit_base_patch16_siglip_224"),
+    Family("DINOv2 with registers", "vit_small_patch14_reg4_dinov2"),
+    Family("ViT, GAP + registers", "vit_betwixt_patch16_reg4_gap_256"),
+    Family("ViT, qk-norm", "vit_tiny_patch16_224", kwargs={**SMALL, "qk_norm": True}),
+    Family("ViT, bias-free projections", "vit_tiny_patch16_224", kwargs={**SMALL, "proj_bias": False}),
+    Family("ViT, scale-norms (BEiT-3 style)", "vit_tiny_patch16_224",
+           "qkv inputs, fc1 inputs (V dims and hidden units sit behind a norm: kept full)",
+           kwargs={**SMALL, "scale_attn_norm": True, "scale_mlp_norm": True}, rate=0.25),
+    Family("DINOv2-giant (SwiGLUPacked)", "vit_giant_patch14_dinov2", ALL_SITES + " (gate/value rows paired)"),
+    Family("AIMv2 (SwiGLU, RMSNorm, bias-free)", "aimv2_large_patch14_224", ALL_SITES + " (gate/value rows paired)"),
+    Family("Hybrid ResNet stem", "vit_tiny_r_s16_p8_224", ALL_SITES + " (the CNN stem is kept)",
+           kwargs={**HYBRID, "patch_size": 1}),
+    Family("Hybrid MobileCLIP stem", "vit_base_mci_224", ALL_SITES + " (the CNN stem is kept)",
+           kwargs={**HYBRID, "embed_dim": 768, "mlp_ratio": 0.25}),  # the stem's 768 channels are the embedding
+    Family("EVA-02 (RoPE, SwiGLU)", "eva02_tiny_patch14_224", ALL_SITES + " (gate/value rows paired)"),
+    Family("EVA-02 with MLP inner norm", "eva02_base_patch14_224",
+           "qkv inputs, V dims, fc1 inputs (hidden units behind the inner norm: kept full)"),
+    Family("DINOv3", "vit_small_patch16_dinov3"),
+    Family("DINOv3 SwiGLU", "vit_small_plus_patch16_dinov3", ALL_SITES + " (gate/value rows paired)"),
+    Family("RoPE ViT", "vit_small_patch16_rope_224"),
+    Family("RoPE ViT, mixed (per-head) RoPE", "vit_small_patch16_rope_mixed_224"),
+    Family("RoPE ViT, GAP + register", "vit_medium_patch16_rope_reg1_gap_256"),
+    Family("Perception Encoder", "vit_pe_core_tiny_patch16_384"),
+    Family("ResNet (not a ViT)", "resnet18", "", "not a timm VisionTransformer or Eva", {}),
+    Family("ViT, residual post-norm blocks", "vit_base_patch16_rpn_224", "", "block 0 is ResPostBlock"),
+    Family("ViT, parallel blocks", "vit_small_patch16_18x2_224", "", "block 0 is ParallelThingsBlock"),
+    Family("ViT, fused parallel blocks", "vit_base_patch16_xp_224", "", "block 0 is ParallelScalingBlock"),
+    Family("ViT, differential attention", "vit_tiny_patch16_224", "", "attention is DiffAttention",
+           {**SMALL, "attn_layer": "diff"}),
+    Family("EVA-CLIP post-norm", "eva02_enormous_patch14_clip_224", "", "block 0 is EvaBlockPostNorm"),
+    Family("Sapiens2 (grouped-query attention)", "vit_base_patch16_sapiens2", "", "grouped-query attention",
+           {**SMALL, "num_heads": 4, "embed_dim": 64, "num_kv_heads": 2}),
+    Family("NaFlexVit", "naflexvit_base_patch16_gap", "", "NaFlexVit is not supported",
+           {k: v for k, v in SMALL.items() if k not in ("img_size", "patch_size")}),
+    Family("SAM ViT", "samvit_base_patch16", "", "VisionTransformerSAM is not supported",
+           {**SMALL, "global_attn_indexes": (), "use_rel_pos": False}),
+    Family("BEiT", "beit_base_patch16_224", "", "Beit is not supported"),
+    Family("ViT relative position", "vit_relpos_base_patch16_224", "", "VisionTransformerRelPos is not supported"),
+]
+SUPPORTED = [f for f in FAMILIES if not f.refused]
+REFUSED = [f for f in FAMILIES if f.refused]
+
+
+def _id(f: Family) -> str:
+    return f.family.split(" (")[0].lower().replace(" ", "_").replace(",", "")
+
+
+def _gated(f: Family) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_timm(f.name, f.kwargs).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("gamma", "gamma_1", "gamma_2")):  # LayerScale of random size and sign
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) * torch.where(torch.rand_like(p) < 0.3, -1.0, 1.0))
+    randomize_head(model)
+    vtpdeploy.add_gates(model)
+    return randomize_gates(model).eval()
+
+
+def _pruned_pair(f: Family) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """(compact model, fp64 input, hard-mask logits), after checking the gates and the plan."""
+    model = _gated(f)
+    assert len(list(vtpdeploy.iter_gates(model))) == 4 * len(model.blocks)
+    plan = vtpdeploy.plan(model, f.rate, importance="weight_l1")
+    full = {(i, k) for i, b in enumerate(model.blocks) for k in full_sites(b)}
+    assert all(len(g.kept) == g.size for g in plan.gates if (g.block, g.kind) in full)
+    assert all(len(g.kept) < g.size for g in plan.gates if (g.block, g.kind) not in full and g.kind != "attn_v")
+    x = torch.randn(2, 3, *model.patch_embed.img_size, dtype=torch.float64)
+    with torch.no_grad():
+        ref = vtpdeploy.apply_mask(copy.deepcopy(model), plan).eval()(x)
+        small = vtpdeploy.compact(model, plan).eval()
+    return small, x, ref
+
+
+@pytest.mark.parametrize("f", SUPPORTED, ids=_id)
+def test_supported_family_prunes_exactly_and_saves(f: Family, tmp_path):
+    small, x, ref = _pruned_pair(f)
+    with torch.no_grad():
+        assert ref.abs().max() > 0.05  # the logits depend on the weights, so a wrong slice shows
+        assert float((ref - small(x)).abs().max()) <= 1e-9
+        vtpdeploy.save(small, tmp_path / "model")
+        small = small.float()  # load builds fp32 modules: the same weights rounded the same way
+        assert torch.equal(vtpdeploy.load(tmp_path / "model")(x.float()), small(x.float()))
+
+
+def _onnx_parity(f: Family, tmp_path) -> None:
+    from vtpdeploy.deploy.export import export_onnx
+
+    small, x, _ = _pruned_pair(f)
+    result = export_onnx(small.float(), tmp_path / "model.onnx", batch=1, simplify=False, openvino=False,
+                         sample=x.float(), atol=1e-4)
+    assert result.validations[0]["backend"] == "ort" and result.validations[0]["max_abs_diff"] <= 1e-4
+
+
+# One family with every new part (RoPE, q/k/v bias fusion, GLU MLP) exports in the fast suite; the rest are slow.
+ONNX_FAST = "eva02_tiny_patch14_224"
+
+
+@pytest.mark.parametrize("f", [f for f in SUPPORTED if f.name == ONNX_FAST], ids=_id)
+def test_new_family_exports_with_ort_parity(f: Family, tmp_path):
+    _onnx_parity(f, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("f", [f for f in SUPPORTED if f.name != ONNX_FAST], ids=_id)
+def test_every_supported_family_exports_with_ort_parity(f: Family, tmp_path):
+    _onnx_parity(f, tmp_path)
+
+
+@pytest.mark.parametrize("f", REFUSED, ids=_id)
+def test_other_families_are_refused_in_one_line(f: Family):
+    torch.manual_seed(0)
+    model = create_timm(f.name, f.kwargs)
+    keys = list(model.state_dict())
+    with pytest.raises(UnsupportedModelError) as info:
+        vtpdeploy.add_gates(model)
+    message = str(info.value)
+    assert "\n" not in message and f.refused in message and message.startswith(f.name)
+    assert list(model.state_dict()) == keys  # refused before anything was changed
+
+
+def render_models_md() -> str:
+    """docs/models.md from FAMILIES."""
+    lines = [
+        "# Supported models",
+        "",
+        "Generated from `tests/test_families.py` (`PYTHONPATH=$PWD python tests/test_families.py`), which builds each",
+        "family small (random init, depth 2) and checks gates, plan, compaction against the hard mask in fp64",
+        "(<= 1e-9), save/load and ONNX Runtime parity (<= 1e-4); refused families must fail in one line.",
+        "See [pruning.md](pruning.md#sites-behind-a-norm) for the sites behind a norm.",
+        "",
+        "| family | example timm name | pruned |",
+        "|---|---|---|",
+    ]
+    for f in SUPPORTED:
+        extra = {k: v for k, v in f.kwargs.items() if k not in {**SMALL, **HYBRID, "mlp_ratio": 0}}
+        note = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
+        lines.append(f"| {f.family} | `{f.name}`{note} | {f.pruned} |")
+    lines += ["", "## Refused (one-line error at `add_gates`)", "", "| family | example timm name | reason |",
+              "|---|---|---|"]
+    for f in REFUSED:
+        extra = {k: v for k, v in f.kwargs.items() if k not in SMALL}
+        note = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra and f.name != "resnet18" else ""
+        lines.append(f"| {f.family} | `{f.name}`{note} | {f.refused} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_models_md_is_in_sync():
+    assert DOCS.read_text() == render_models_md(), "docs/models.md is stale: run python tests/test_families.py"
+
+
+if __name__ == "__main__":
+    DOCS.write_text(render_models_md())
+    sys.stdout.write(f"wrote {DOCS}\n")
