@@ -79,6 +79,8 @@ FAMILIES = [
     Family("SAM ViT", "samvit_base_patch16", "", "VisionTransformerSAM is not supported",
            {**SMALL, "global_attn_indexes": (), "use_rel_pos": False}),
     Family("BEiT", "beit_base_patch16_224", "", "Beit is not supported"),
+    Family("ViTamin (MbConv stem, GeGluMlp with an input norm)", "vitamin_small_224", "", "MLP is GeGluMlp",
+           {k: v for k, v in SMALL.items() if k not in ("patch_size", "embed_dim", "num_heads")}),
     Family("ViT relative position", "vit_relpos_base_patch16_224", "", "VisionTransformerRelPos is not supported"),
 ]
 SUPPORTED = [f for f in FAMILIES if not f.refused]
@@ -163,6 +165,26 @@ def test_other_families_are_refused_in_one_line(f: Family):
     assert list(model.state_dict()) == keys  # refused before anything was changed
 
 
+def test_geglu_with_the_gate_in_the_second_half_pairs_its_rows():
+    """timm's GluMlp keeps the gate in fc1's second half by default (GeGLU with GELU here): the kept hidden units'
+    value rows and gate rows (H apart) are kept together."""
+    from timm.layers import GluMlp
+
+    torch.manual_seed(0)
+    model = create_timm("vit_tiny_patch16_224", {**SMALL, "mlp_layer": GluMlp, "act_layer": "gelu"}).double().eval()
+    assert model.blocks[0].mlp.gate_last and model.blocks[0].mlp.fc1.out_features == 2 * 96
+    randomize_head(model)
+    randomize_gates(vtpdeploy.add_gates(model))
+    plan = vtpdeploy.plan(model.eval(), 0.4, importance="weight_l1")
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        ref = vtpdeploy.apply_mask(copy.deepcopy(model), plan)(x)
+        small = vtpdeploy.compact(model, plan).eval()
+        assert float((ref - small(x)).abs().max()) <= 1e-9
+    kept = len(plan.gate(0, "mlp_hidden").kept)
+    assert small.blocks[0].mlp.glu and small.blocks[0].mlp.fc1.out_features == 2 * kept < 2 * 96
+
+
 def render_models_md() -> str:
     """docs/models.md from FAMILIES."""
     lines = [
@@ -171,7 +193,22 @@ def render_models_md() -> str:
         "Generated from `tests/test_families.py` (`PYTHONPATH=$PWD python tests/test_families.py`), which builds each",
         "family small (random init, depth 2) and checks gates, plan, compaction against the hard mask in fp64",
         "(<= 1e-9), save/load and ONNX Runtime parity (<= 1e-4); refused families must fail in one line.",
-        "See [pruning.md](pruning.md#sites-behind-a-norm) for the sites behind a norm.",
+        "",
+        "Two block maps stand behind `prune/sites.py`: timm's `VisionTransformer` (any patch or hybrid CNN stem; the",
+        "stem is kept as it is and the transformer behind it is pruned) and timm's `Eva` (EVA-02, DINOv3, RoPE ViTs,",
+        "Perception Encoder; `prune/families.py` fuses its q/k/v projections into one `qkv`). Both get the same four",
+        "gates per block, and the width profiles apply unchanged. Q/K are never pruned, so qk-norm and RoPE are copied",
+        "into the compact attention as they are. In a GLU MLP (SwiGLU, GeGLU, `GluMlp`) one gate on each hidden unit",
+        "keeps or drops its gate and value rows of fc1 together. Linears without a bias compact like biased ones.",
+        "",
+        "## Sites behind a norm",
+        "",
+        "A norm that normalises over the gated features themselves (the attention scale-norm over all heads' V dims,",
+        "BEiT-3 / `scale_attn_norm`; the MLP inner norm over the hidden units, EVA-02 `scale_mlp` / `scale_mlp_norm`)",
+        "makes pruning that site inexact: a removed feature changes the norm's statistics. The gate sits after the",
+        "norm (on the Linear input, like every VTP gate), and every plan keeps that site full (`sites.full_sites`);",
+        "the other sites remove its share, so the plan still removes the requested rate of all gated dims when it can,",
+        "and says how much can go when it cannot. Compact and hard-mask models stay exactly equal.",
         "",
         "| family | example timm name | pruned |",
         "|---|---|---|",
