@@ -15,6 +15,7 @@ from torch import nn
 
 import vtpdeploy
 from vtpdeploy.prune.gates import iter_gates
+from vtpdeploy.prune.sites import image_chans
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def randomize_head(model: nn.Module, seed: int = 2) -> None:
 def image_batch(model: nn.Module, batch: int = 2, seed: int = 3) -> torch.Tensor:
     pe = model.patch_embed
     h, w = pe.img_size
-    return torch.randn(batch, pe.proj.in_channels, h, w, generator=gen(seed))
+    return torch.randn(batch, image_chans(model), h, w, generator=gen(seed))
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
