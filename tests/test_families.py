@@ -185,6 +185,16 @@ def test_geglu_with_the_gate_in_the_second_half_pairs_its_rows():
     assert small.blocks[0].mlp.glu and small.blocks[0].mlp.fc1.out_features == 2 * kept < 2 * 96
 
 
+def test_latency_ladder_keeps_the_sites_behind_a_norm_full():
+    from vtpdeploy.prune.latency_plan import ladder_plan
+
+    f = next(f for f in SUPPORTED if "scale_attn_norm" in f.kwargs)
+    plan = ladder_plan(_gated(f), keep=0.5)
+    widths = {(g.block, g.kind): (len(g.kept), g.size) for g in plan.gates}
+    assert all(kept == size for (_, kind), (kept, size) in widths.items() if kind in ("attn_v", "mlp_hidden"))
+    assert all(kept < size for (_, kind), (kept, size) in widths.items() if kind in ("qkv_in", "mlp_in"))
+
+
 def render_models_md() -> str:
     """docs/models.md from FAMILIES."""
     lines = [

@@ -15,7 +15,7 @@ from ..errors import PlanError
 from ..prune.gates import check_supported
 from ..prune.plan import importance_scores
 from ..prune.schema import PrunePlan, WidthConstraints
-from ..prune.sites import read_dims
+from ..prune.sites import full_site_keys, read_dims
 from ..prune.widths import WidthLadder, gate_plans
 from .table import LatencyTable
 
@@ -78,6 +78,8 @@ def plan_for_latency(
         raise PlanError("latency table was measured for a different model shape")
     scores = importance_scores(model, importance)
     gates = {k: WidthLadder(s, k[1], constraints, heads, hd) for k, s in scores.items()}
+    for k in full_site_keys(model):  # behind a norm over its own features: only the full width is exact
+        gates[k].choices = gates[k].choices[-1:]
     for g in gates.values():
         g.i = len(g.choices) - 1
     part_ms = {(b, p): _block_ms(table, gates, b, p) for b in range(depth) for p in ("attn", "mlp")}
@@ -122,9 +124,10 @@ def ladder_plan(model: nn.Module, keep: float, constraints: WidthConstraints | N
     constraints = constraints or WidthConstraints()
     dims = read_dims(model)
     scores = importance_scores(model, importance)
-    counts = {}
+    counts, full = {}, full_site_keys(model)
     for k, s in scores.items():
         choices = WidthLadder(s, k[1], constraints, dims.num_heads, dims.head_dim).choices
+        choices = choices[-1:] if k in full else choices
         fitting = [c for c in choices if c <= keep * s.numel() + 1e-9]
         counts[k] = fitting[-1] if fitting else choices[0]
     return _assemble(scores, counts, constraints, dims.num_heads, dims.head_dim, importance, {"keep": float(keep)})

@@ -28,7 +28,7 @@ from .schema import (
     Scope,
     WidthConstraints,
 )
-from .sites import Key, full_sites, iter_sites, unwrap
+from .sites import Key, full_site_keys, iter_sites, unwrap
 from .widths import allocate, gate_plans
 
 __all__ = ["GatePlan", "PrunePlan", "WidthConstraints", "apply_mask", "importance_scores", "plan"]
@@ -147,7 +147,7 @@ def plan(
     if constraints.granularity == "head":
         scores = {k: _head_mean_scores(s, attn.num_heads, attn.head_dim) if k[1] == "attn_v" else s
                   for k, s in scores.items()}
-    fixed = {(i, kind) for i, block in enumerate(model.blocks) for kind in full_sites(block)}
+    fixed = full_site_keys(model)
     ranked = {k: s for k, s in scores.items() if k[1] not in constraints.keep_full and k not in fixed}
     groups = _scope_groups(ranked, scope)
     counts, thresholds = _threshold_counts(ranked, groups, _prunable_rate(scores, ranked, constraints, rate)

@@ -120,6 +120,11 @@ def full_sites(block: nn.Module) -> tuple[str, ...]:
     return tuple(k for k, norm in norms.items() if norm is not None and not isinstance(norm, nn.Identity))
 
 
+def full_site_keys(model: nn.Module) -> set[Key]:
+    """(block, kind) of every site of `model` that plans keep full (`full_sites`)."""
+    return {(i, kind) for i, block in enumerate(vit_blocks(model)) for kind in full_sites(block)}
+
+
 def image_chans(model: nn.Module) -> int:
     """The channels of the model's input image: `in_chans` (timm ViT and Eva keep it), else the data config.
 
