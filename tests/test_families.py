@@ -81,6 +81,8 @@ FAMILIES = [
     Family("BEiT", "beit_base_patch16_224", "", "Beit is not supported"),
     Family("ViTamin (MbConv stem, GeGluMlp with an input norm)", "vitamin_small_224", "", "MLP is GeGluMlp",
            {k: v for k, v in SMALL.items() if k not in ("patch_size", "embed_dim", "num_heads")}),
+    Family("Hybrid stem with a dynamic image size", "vit_tiny_r_s16_p8_224", "", "cannot be exported",
+           {**HYBRID, "patch_size": 1, "dynamic_img_size": True}),
     Family("ViT relative position", "vit_relpos_base_patch16_224", "", "VisionTransformerRelPos is not supported"),
 ]
 SUPPORTED = [f for f in FAMILIES if not f.refused]
@@ -129,22 +131,26 @@ def test_supported_family_prunes_exactly_and_saves(f: Family, tmp_path):
         assert torch.equal(vtpdeploy.load(tmp_path / "model")(x.float()), small(x.float()))
 
 
-def _onnx_parity(f: Family, tmp_path) -> None:
+def _onnx_parity(f: Family, tmp_path, openvino: bool = False) -> None:
     from vtpdeploy.deploy.export import export_onnx
 
     small, x, _ = _pruned_pair(f)
-    result = export_onnx(small.float(), tmp_path / "model.onnx", batch=1, simplify=False, openvino=False,
+    result = export_onnx(small.float(), tmp_path / "model.onnx", batch=1, simplify=False, openvino=openvino,
                          sample=x.float(), atol=1e-4)
-    assert result.validations[0]["backend"] == "ort" and result.validations[0]["max_abs_diff"] <= 1e-4
+    backends = [v["backend"] for v in result.validations]
+    assert backends == ["ort", "openvino"][: 1 + openvino]
+    assert all(v["max_abs_diff"] <= 1e-4 for v in result.validations)
 
 
-# One family with every new part (RoPE, q/k/v bias fusion, GLU MLP) exports in the fast suite; the rest are slow.
+# One family with every new part (RoPE, q/k/v bias fusion, GLU MLP) exports in the fast suite (ORT and OpenVINO);
+# the rest are slow (ORT).
 ONNX_FAST = "eva02_tiny_patch14_224"
 
 
 @pytest.mark.parametrize("f", [f for f in SUPPORTED if f.name == ONNX_FAST], ids=_id)
-def test_new_family_exports_with_ort_parity(f: Family, tmp_path):
-    _onnx_parity(f, tmp_path)
+def test_new_family_exports_with_ort_and_openvino_parity(f: Family, tmp_path):
+    pytest.importorskip("openvino")
+    _onnx_parity(f, tmp_path, openvino=True)
 
 
 @pytest.mark.slow

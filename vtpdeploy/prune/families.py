@@ -65,13 +65,15 @@ def check_supported(model: nn.Module) -> None:
 
 
 def _check_stem(model: nn.Module, name: str) -> None:
-    """A hybrid (CNN) stem is kept as it is, in front of the pruned transformer; refuse one the exporter cannot
-    trace with a fixed input size (dynamic padding or sizes)."""
+    """A hybrid (CNN) stem is kept as it is, in front of the pruned transformer. The exporter traces the model at
+    one input size, so refuse a stem whose token grid follows the input (dynamic size or padding)."""
     pe = getattr(model, "patch_embed", None)
     if pe is None or getattr(pe, "img_size", None) is None:
         raise UnsupportedModelError(f"{name}: the patch embedding has no fixed image size, not supported")
-    if getattr(pe, "dynamic_img_pad", False) or getattr(model, "dynamic_img_size", False) and hasattr(pe, "backbone"):
-        raise UnsupportedModelError(f"{name}: a hybrid stem with dynamic image padding cannot be exported")
+    dynamic = getattr(pe, "dynamic_img_pad", False) or getattr(model, "dynamic_img_size", False)
+    if hasattr(pe, "backbone") and dynamic:
+        raise UnsupportedModelError(f"{name}: a hybrid stem with a dynamic image size cannot be exported; "
+                                    "create it without dynamic_img_size / dynamic_img_pad")
 
 
 @torch.no_grad()
