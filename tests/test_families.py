@@ -201,7 +201,7 @@ def test_geglu_with_the_gate_in_the_second_half_pairs_its_rows():
 
 
 def test_latency_ladder_keeps_the_sites_behind_a_norm_full():
-    from vtpdeploy.prune.latency_plan import ladder_plan
+    from vtpdeploy.latency import ladder_plan
 
     f = next(f for f in SUPPORTED if "scale_attn_norm" in f.kwargs)
     plan = ladder_plan(_gated(f), keep=0.5)
