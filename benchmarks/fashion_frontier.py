@@ -29,6 +29,7 @@ import frontier_report as fr  # noqa: E402
 from results_page import RESULTS_DIR, markdown_table, write_page  # noqa: E402
 
 LEVELS = {"2x": 0.5, "3x": 1 / 3, "4x": 0.25}
+NOTES = Path(__file__).resolve().parent / "notes" / "fashion_mnist.md"  # the hand-written reading of the numbers
 SEEDED = ("vtp-sparse-cpu", "vtp-sparse-heads", "vtp-sparse-drop", "prune-only-l1", "tp-uniform", "tp-bottleneck")
 QUICK_SETS = ("data.limit=600", "train.epochs=1", "sparsify.epochs=1", "finetune.epochs=1", "log=[]")
 QUICK_METHODS = ("vtp-sparse-cpu", "prune-only-l1", "tp-uniform", "scratch")
@@ -53,6 +54,7 @@ def run_arms(study: fa.Study, queue: list[tuple[str, str, int]], budget_min: flo
             continue
         try:
             fa.run_arm(study, method, level, LEVELS[level], seed)
+            (arm_dir / "error.txt").unlink(missing_ok=True)  # an earlier failure, now retried and done
         except Exception as exc:  # noqa: BLE001 - one failed arm must not lose the others; it is reported
             arm_dir.mkdir(parents=True, exist_ok=True)
             (arm_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
@@ -207,7 +209,8 @@ def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: P
     base_train_s = manifest["stages"].get("train", {}).get("duration_s")
     goals = targets(rows, summary, base_train_s)
     figure = fr.plot_frontier(summary, study.out / "fashion_mnist_frontier.png")
-    errors = sorted(str(p.parent.relative_to(study.out)) for p in (study.out / "arms").glob("*/*/error.txt"))
+    errors = sorted(str(p.parent.relative_to(study.out)) for p in (study.out / "arms").glob("*/*/error.txt")
+                    if not (p.parent / "result.json").is_file())
     sections = [
         ("**--quick: a 600-image subset and one epoch per stage, to check the machinery; the numbers mean nothing.**"
          if study.overrides else ""),
@@ -219,6 +222,8 @@ def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: P
         "`vtpdeploy bench` run against the unpruned model on this machine "
         f"({(bench or {}).get('environment', {}).get('cpu_model', 'CPU unknown')}, {study.threads} threads).",
         "![frontier](fashion_mnist_frontier.png)",
+        NOTES.read_text() if NOTES.is_file() and not study.overrides else "",
+        "## README summary", markdown_table(*fr.readme_summary(summary)),
         "## Summary (mean and range over seeds)", markdown_table(*fr.summary_table(summary)),
         "## Targets", markdown_table(["target", "met", "numbers"],
                                      [[g["target"], {True: "yes", False: "**no**", None: "–"}[g["met"]],
@@ -229,6 +234,7 @@ def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: P
     ]
     data = {"rows": [{k: v for k, v in r.items() if k != "id"} for r in rows], "summary": summary, "targets": goals,
             "base_train_s": base_train_s, "environment": (bench or {}).get("environment"), "log": study.log[-200:]}
+    sections = [s for s in sections if s]
     return write_page("fashion_mnist", "Fashion-MNIST: accuracy x latency frontier", sections, data, command=command,
                       figures={"fashion_mnist_frontier.png": figure}, results_dir=results_dir)
 
@@ -244,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--duration-s", type=float, default=None, help="bench seconds per model (default 2; quick 0.3)")
     ap.add_argument("--results-dir", type=Path, default=None, help="default docs/results (quick: OUT/results)")
-    ap.add_argument("--skip-bench", action="store_true", help="render with the latencies left out")
+    ap.add_argument("--skip-bench", action="store_true",
+                    help="time nothing: render with OUT/bench.json's latencies if there is one")
     ap.add_argument("--render-only", action="store_true", help="train no arm: INT8, bench and page from what is done")
     args = ap.parse_args(argv)
     levels = (args.levels or ("3x" if args.quick else "2x,3x,4x")).split(",")
@@ -267,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         run_arms(study, work_queue(methods, levels, seeds), args.budget_min)
     quantize_best(study, collect(args.out))
     rows = collect(args.out)
-    bench = None if args.skip_bench else time_models(
+    last_bench = args.out / "bench.json"
+    bench = (json.loads(last_bench.read_text()) if last_bench.is_file() else None) if args.skip_bench else time_models(
         study, rows, args.duration_s or (0.3 if args.quick else 2.0),
         "ort,openvino" if _has_openvino() else "ort")
     command = "python benchmarks/fashion_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])
