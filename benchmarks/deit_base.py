@@ -36,7 +36,7 @@ import vtpdeploy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_torch_pruning  # noqa: E402  (benchmarks/ is not a package)
-from deit_base_render import VTP40_MODELS, paper_explanation, print_results, write_readme, write_results_page  # noqa: E402
+from deit_base_render import VTP40_MODELS, paper_explanation, print_results, write_results_page  # noqa: E402
 from random_vit import QUICK_KW, image_sample, random_models  # noqa: E402
 
 PAPER = {"model": "deit_base_patch16_224", "params": 86.6e6, "macs": 17.6e9,
@@ -128,12 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": round(time.time() - t_start, 1),
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    command = " ".join(["python benchmarks/deit_base.py", *(argv or [])])
     print_results(results)
-    if args.readme:
-        write_readme(args.readme, results, command)
     if args.results_dir:
-        write_results_page(results, command, args.results_dir)
+        write_results_page(results, " ".join(["python benchmarks/deit_base.py", *(argv or [])]), args.results_dir)
     return results
 
 
@@ -162,17 +159,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-heads", action="store_true",
                     help="skip the cpu-nogather model with whole-head pruning at VTP-40's MACs")
     ap.add_argument("--no-peers", action="store_true", help="skip the Torch-Pruning arms")
-    ap.add_argument("--readme", type=Path, default=None,
-                    help="rewrite the readme-numbers:deit-base block of this README with the results")
     ap.add_argument("--results-dir", type=Path, default=None,
-                    help="write the results page deit_base.md + deit_base.json here (the repo's: docs/results)")
+                    help="write the results page deit_base.md and its data deit_base.json here (docs/results)")
     ap.add_argument("--no-openvino", action="store_true")
     args = ap.parse_args(argv)
     if args.block is not None and args.block < 1:
         ap.error(f"--block {args.block}: needs at least 1 call per round")
-    if args.readme and "<!-- readme-numbers:deit-base:start -->" not in (
-            args.readme.read_text() if args.readme.is_file() else ""):
-        ap.error(f"--readme {args.readme}: no readme-numbers:deit-base block to rewrite")
+    if args.results_dir and args.results_dir.exists() and not args.results_dir.is_dir():
+        ap.error(f"--results-dir {args.results_dir}: exists and is not a folder")
     return args
 
 

@@ -1,4 +1,4 @@
-"""Rendering of benchmarks/deit_base.py's results: the terminal tables, the README block and the results page.
+"""Rendering of benchmarks/deit_base.py's results: the terminal tables and the results page (docs/results/).
 
 `deit_base.py` measures and writes DIR/results.json; everything here reads that dict only.
 """
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from op_profile import op_profile_table, role_table
-from results_page import RESULTS_DIR, write_page
+from results_page import RESULTS_DIR, notes, write_page
 
 VTP40_MODELS = ("vtp40", "vtp40_nogather", "vtp40_nogather_heads")  # the VTP models at VTP-40 %'s MACs
 
@@ -44,8 +44,8 @@ LABELS = {"vtp20": "VTP-20 %", "vtp40": "VTP-40 % (`cpu`: inputs sliced)",
           "vtp40.int8s8": "VTP-40 % INT8 (s8, TensorRT format)"}
 
 
-def readme_section(res: dict, command: str) -> str:
-    """The README block: speedup tables vs fp32 DeiT-B, VTP-40 vs the peers, INT8 vs INT8, the op profile."""
+def results_tables(res: dict, command: str) -> str:
+    """The page's tables: speedup tables vs fp32 DeiT-B, VTP-40 vs the peers, INT8 vs INT8, the op profile."""
     rows = res["table"] + res.get("int8_s8_table", [])
     cols = sorted({(r["backend"], r["batch"]) for r in res["table"] if r["precision"] == "fp32"},
                   key=lambda c: (c[0] != "ort", c[1]))
@@ -98,12 +98,15 @@ def readme_section(res: dict, command: str) -> str:
                 + " (max / min − 1); load bursts add time to every call and pull speedups towards 1."]
     out += ["", "Targets: " + "; ".join(f"{'✓' if t['passed'] else '✗'} {t['target']} ({t['value']})"
                                         for t in res["targets"])]
-    env = res.get("environment") or {}
-    record = {"wall_s": res["wall_s"], "packages": {k: v for k, v in (env.get("packages") or {}).items() if v},
-              "cpu": env.get("cpu_model"), "threads": env.get("threads"), "targets_passed": sum(t["passed"] for t in res["targets"]),
-              "targets": len(res["targets"])}
-    out.append(f"\n<!-- data: {json.dumps(record, sort_keys=True, default=str)} -->")
     return "\n".join(out)
+
+
+def run_record(res: dict) -> dict:
+    """What the results page's JSON sidecar holds about the run: where, with what, how many targets met."""
+    env = res.get("environment") or {}
+    return {"wall_s": res["wall_s"], "packages": {k: v for k, v in (env.get("packages") or {}).items() if v},
+            "cpu": env.get("cpu_model"), "threads": env.get("threads"),
+            "targets_passed": sum(t["passed"] for t in res["targets"]), "targets": len(res["targets"])}
 
 
 def _peer_cell(r: dict | None) -> str:
@@ -111,15 +114,6 @@ def _peer_cell(r: dict | None) -> str:
         return "—"
     return (f"{abs(r['faster_pct']):.1f} % {'faster' if r['faster_pct'] >= 0 else 'slower'} "
             f"({r['ratio']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}])")
-
-
-def write_readme(path: Path, res: dict, command: str) -> None:
-    from readme_numbers import replace_block
-
-    from vtpdeploy.fileio import atomic_write_text
-
-    atomic_write_text(path, replace_block(path.read_text(), "deit-base", readme_section(res, command)))
-    print(f"rewrote the deit-base block of {path}")
 
 
 def print_results(res: dict) -> None:
@@ -170,10 +164,10 @@ def print_results(res: dict) -> None:
 
 
 def write_results_page(res: dict, command: str, results_dir: Path = RESULTS_DIR) -> Path:
-    """docs/results/deit_base.md (the README block's tables) and deit_base.json (results without raw bench rows)."""
-    data = {k: v for k, v in res.items() if k != "bench"}
-    path = write_page("deit_base", f"{res['model']}: VTP on CPU vs the unpruned model and its peers",
-                      [readme_section(res, command)], json.loads(json.dumps(data, default=str)),
-                      command=command, results_dir=results_dir)
+    """docs/results/deit_base.md (the tables between the hand-written notes in benchmarks/notes/) + deit_base.json."""
+    data = {"record": run_record(res), "results": {k: v for k, v in res.items() if k != "bench"}}
+    path = write_page("deit_base", "Latency: DeiT-B on a 2-core x86 CPU",
+                      [notes("deit_base.intro"), results_tables(res, command), notes("deit_base")],
+                      json.loads(json.dumps(data, default=str)), command=command, results_dir=results_dir)
     print(f"wrote {path}")
     return path

@@ -18,6 +18,7 @@ from pathlib import Path
 from vtpdeploy.fileio import atomic_write_json, atomic_write_text
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+NOTES_DIR = Path(__file__).resolve().parent / "notes"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -46,3 +47,8 @@ def write_page(name: str, title: str, sections: Sequence[str], data: dict, *, co
 def read_data(name: str, results_dir: Path = RESULTS_DIR) -> dict:
     """The JSON sidecar of a results page."""
     return json.loads((results_dir / f"{name}.json").read_text())
+
+
+def notes(name: str, notes_dir: Path = NOTES_DIR) -> str:
+    """The hand-written analysis `benchmarks/notes/<name>.md` a script puts around its generated tables."""
+    return (notes_dir / f"{name}.md").read_text()

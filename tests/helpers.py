@@ -26,7 +26,7 @@ TINY_RECIPE = {
     "model": {"name": "vit_tiny_patch16_224",
               "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2,
                          "num_classes": 10}},
-    "data": {"kind": "digits", "batch_size": 128},
+    "data": {"kind": "digits", "batch_size": 128, "interpolation": "bilinear", "crop_pct": 1.0},  # digits: no crop
     "train": {"epochs": 2, "lr": 3e-3},
     "sparsify": {"epochs": 2, "lam": 1e-3, "lr": 1e-3},
     "prune": {"rate": 0.4},

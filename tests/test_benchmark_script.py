@@ -127,10 +127,11 @@ def test_deit_base_skips_the_peer_arm_in_one_line_without_its_extra(tmp_path, ca
     assert not (out / "tp_uniform.onnx").exists()
     assert {r["model"] for r in res["table"]} == {"vtp20", "vtp40", "vtp40.int8", "deit_base.int8"}  # no nogather
     page = (pages / "deit_base.md").read_text()  # rendered by deit_base_render through results_page.write_page
-    assert page.startswith("# vit_tiny_patch16_224: VTP on CPU") and "| VTP-40 % (`cpu`: inputs sliced) |" in page
+    assert "| VTP-40 % (`cpu`: inputs sliced) |" in page and "<!--" not in page  # the page and its data, no README block
     assert "python benchmarks/deit_base.py --out" in page and "| MatMul |" in page
     data = json.loads((pages / "deit_base.json").read_text())
-    assert data["table"] == json.loads(json.dumps(res["table"])) and "bench" not in data
+    assert data["record"]["targets"] == len(res["targets"])
+    assert data["results"]["table"] == json.loads(json.dumps(res["table"])) and "bench" not in data["results"]
 
 
 def test_latency_planning_quick(tmp_path, capsys):
@@ -218,7 +219,7 @@ def test_sublayer_removal_quick(tmp_path, capsys):
     ("latency_planning", ["--targets", "half"]),
     ("latency_planning", ["--targets", "0"]),
     ("latency_planning", ["--backends", "trt"]),
-    ("deit_base", ["--readme", "no-such-readme.md"]),
+    ("deit_base", ["--results-dir", "/dev/null"]),
     ("deit_base", ["--block", "0"]),
 ])
 def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys, script, argv):

@@ -130,8 +130,8 @@ def test_trt_engine_build(run_dir, tmp_path):
     pytest.importorskip("tensorrt", reason="needs the tensorrt Python package (pip install 'vtpdeploy[trt]')")
     proc = cli("export", run_dir, "--fp16", "--trt", "--out", tmp_path / "o")
     assert proc.returncode == 0, proc.stderr
-    info = json.loads((tmp_path / "o" / "engine.json").read_text())
-    assert info["precision"] == "fp16" and (tmp_path / "o" / "model.engine").stat().st_size > 0
+    info = json.loads((tmp_path / "o" / "model.fp16.engine.json").read_text())
+    assert info["precision"] == "fp16" and (tmp_path / "o" / "model.fp16.engine").stat().st_size > 0
 
 
 # ---- TensorRT 8.6 / 10 / 11 through the CLI, on stand-ins (tests/trt_standins) ------------------------------
@@ -157,13 +157,13 @@ def test_export_trt_on_standin_versions(run_dir, calib_dir, tmp_path, monkeypatc
         out = tmp_path / precision
         proc = run_cli_inprocess("export", run_dir, "--trt", *extra, "--out", out, "--no-simplify", "--threads", 1)
         assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-        info = json.loads((out / "engine.json").read_text())
+        info = json.loads((out / f"model.{precision}.engine.json").read_text())
         assert info["precision"] == precision and info["builder"] == builder
         assert info["onnx"] == str(out / TRT_ONNX[version, precision]) and info["tensorrt_version"].startswith(version)
-        assert (out / "model.engine").read_bytes().startswith(b"TRT-STANDIN placeholder")
+        assert (out / f"model.{precision}.engine").read_bytes().startswith(b"TRT-STANDIN placeholder")
         assert f"{precision} engine from {TRT_ONNX[version, precision]}" in proc.stdout
         rep = json.loads((out / "export.json").read_text())
-        assert rep["engine"] == info
+        assert rep["engines"] == {precision: info}
         twin = [v for v in rep["validations"] if v["stage"] == "int8-fp16"]
         if version == "11" and precision == "int8":  # written and validated with an explicit tolerance
             assert len(twin) == 1 and twin[0]["passed"] and twin[0]["max_abs_diff"] <= twin[0]["atol"]
@@ -199,7 +199,8 @@ def test_export_trt_standin_subprocess_no_traceback(run_dir, calib_dir, tmp_path
     proc = cli("export", run_dir, "--trt", *args, *extra, "--out", tmp_path / "o", "--no-simplify", "--threads", 1,
                env=env, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    info = json.loads((tmp_path / "o" / "engine.json").read_text())
+    precision = "int8" if "--int8" in args else "fp16"
+    info = json.loads((tmp_path / "o" / f"model.{precision}.engine.json").read_text())
     assert info["builder"] == builder and info["tensorrt_version"].startswith(version)
 
 

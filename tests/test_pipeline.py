@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 
@@ -90,6 +91,13 @@ def test_rerun_skips_and_changed_section_reruns_downstream(finished_run, tmp_pat
         assert again[s]["ended"] == before[s]["ended"], s
     for s in ("finetune", "compact"):
         assert again[s]["key"] != before[s]["key"], s
+    # The finished results the re-run replaced are kept, with their manifest entry and the old report.
+    assert "re-running finetune, compact" in proc.stderr
+    for s in ("finetune", "compact"):
+        kept = run / "history" / before[s]["key"]
+        assert json.loads((kept / "stage.json").read_text())["stage"] == s and (kept / "report.json").is_file()
+        for art in before[s]["artifacts"].values():
+            assert hashlib.sha256((kept / art["path"]).read_bytes()).hexdigest() == art["sha256"]
     assert len(json.loads((run / "report.json").read_text())["curves"]["finetune"]["loss"]) == 1
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
     assert saved["finetune"]["epochs"] == 1

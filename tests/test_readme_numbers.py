@@ -1,4 +1,5 @@
-"""benchmarks/readme_numbers.py: the README's generated tables and the tolerance check CI runs on a fresh quickstart."""
+"""benchmarks/readme_numbers.py: the quickstart/digits results pages and their JSON data, the README's quickstart
+table quoting that data, and the tolerance check CI runs on a fresh quickstart."""
 
 from __future__ import annotations
 
@@ -32,13 +33,47 @@ def fake_run(tmp: Path, rec: dict, *, acc_shift: float = 0.0, params_scale: floa
 
 @pytest.fixture
 def readme_record() -> dict:
-    return rn.read_block_data((ROOT / "README.md").read_text(), "quickstart")
+    return rn.read_record()
 
 
-def test_readme_carries_the_quickstart_record(readme_record):
+@pytest.fixture
+def pages(tmp_path, readme_record) -> Path:
+    """A results dir holding the recorded quickstart (main CPU only) and its page."""
+    main = {k: v for k, v in readme_record.items() if k != "other_cpus"}
+    rn.write_quickstart_page(main, tmp_path / "results")
+    return tmp_path / "results"
+
+
+def test_the_sidecar_carries_the_quickstart_record(readme_record):
     assert set(readme_record["accuracy"]) == set(rn.STAGES)
     assert readme_record["params"]["compact"] < readme_record["params"]["unpruned"]
     assert "torch" in readme_record["packages"]
+
+
+def test_readme_is_a_front_door_quoting_the_recorded_numbers(readme_record):
+    """<= 150 lines, no HTML data comments, and its quickstart table says what quickstart.json holds."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150 and "<!--" not in text
+    acc, params, macs = readme_record["accuracy"], readme_record["params"], readme_record["macs"]
+    for needle in (f"{acc['unpruned']:.2f} %", f"**{acc['finetuned']:.2f} %**", f"{params['unpruned']:,}",
+                   f"{params['compact']:,}", f"{macs['unpruned'] / 1e6:.2f} M", f"{macs['compact'] / 1e6:.2f} M"):
+        assert needle in text, needle
+    page = (ROOT / "docs" / "results" / "quickstart.md").read_text()
+    assert rn.quickstart_table(readme_record) in page and "<!--" not in page
+
+
+def test_pages_are_rewritten_from_their_data_alone(tmp_path):
+    """`--pages`: the same pages again from the JSON sidecars, without running anything."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("quickstart", "digits"):
+        for suffix in (".json", ".md"):
+            (results / f"{name}{suffix}").write_bytes((ROOT / "docs" / "results" / f"{name}{suffix}").read_bytes())
+    rn.rewrite_pages(results)
+    for name in ("quickstart", "digits"):
+        assert (results / f"{name}.md").read_text() == (ROOT / "docs" / "results" / f"{name}.md").read_text()
+        assert json.loads((results / f"{name}.json").read_text()) == json.loads(
+            (ROOT / "docs" / "results" / f"{name}.json").read_text())
 
 
 @pytest.mark.parametrize("acc_shift, params_scale, ok", [
@@ -50,17 +85,12 @@ def test_check_applies_the_tolerances(tmp_path, readme_record, acc_shift, params
     assert (problems == []) is ok
     if not ok:  # a mismatch names the versions of both runs
         assert any("versions here" in p and "'torch': '9.9'" in p for p in problems)
-        assert any("versions of the README run" in p for p in problems)
+        assert any("versions of the recorded run" in p for p in problems)
 
 
-def test_regenerated_block_round_trips(tmp_path, readme_record):
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- readme-numbers:quickstart:start -->\nold\n<!-- readme-numbers:quickstart:end -->\nend\n")
-    text = rn.replace_block(readme.read_text(), "quickstart", rn.quickstart_table(readme_record))
-    readme.write_text(text)
-    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
-    assert rn.read_block_data(text, "quickstart") == readme_record
-    assert rn.check(fake_run(tmp_path, readme_record), readme=readme) == []
+def test_written_page_round_trips(tmp_path, readme_record, pages):
+    assert rn.read_record(pages) == {k: v for k, v in readme_record.items() if k != "other_cpus"}
+    assert rn.check(fake_run(tmp_path, readme_record), results_dir=pages) == []
 
 
 def test_cli_check_exit_codes(tmp_path, readme_record):
@@ -72,28 +102,26 @@ def test_cli_check_exit_codes(tmp_path, readme_record):
     assert off.returncode == 1 and "top-1" in off.stderr
 
 
-def test_a_run_is_checked_against_its_own_cpus_reference(tmp_path, readme_record):
+def test_a_run_is_checked_against_its_own_cpus_reference(tmp_path, readme_record, pages):
     """Seeded runs differ between CPU kinds: a run on a CPU with its own reference run is held to that one."""
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- readme-numbers:quickstart:start -->\nold\n<!-- readme-numbers:quickstart:end -->\n")
+    readme = pages  # the results dir: quickstart.json + quickstart.md
     main = {k: v for k, v in readme_record.items() if k != "other_cpus"}
-    readme.write_text(rn.replace_block(readme.read_text(), "quickstart", rn.quickstart_table(main)))
     other_cpu = "Other CPU 9000"
     other_run = fake_run(tmp_path, main, acc_shift=1.1, cpu=other_cpu, name="other")
-    assert any("top-1" in p for p in rn.check(other_run, readme=readme))  # no reference for that CPU yet
-    assert rn.add_cpu(other_run, readme=readme) == other_cpu
-    record = rn.read_block_data(readme.read_text(), "quickstart")
+    assert any("top-1" in p for p in rn.check(other_run, results_dir=readme))  # no reference for that CPU yet
+    assert rn.add_cpu(other_run, results_dir=readme) == other_cpu
+    record = rn.read_record(readme)
     assert record["other_cpus"][other_cpu]["accuracy"]["finetuned"] == pytest.approx(main["accuracy"]["finetuned"] + 1.1)
-    assert f"On {other_cpu} the same command gives" in readme.read_text()
-    assert rn.check(other_run, readme=readme) == []  # held to its own CPU's reference now
-    assert rn.check(fake_run(tmp_path, main, name="main"), readme=readme) == []  # the main CPU still to the main one
+    assert f"On {other_cpu} the same command gives" in (readme / "quickstart.md").read_text()
+    assert rn.check(other_run, results_dir=readme) == []  # held to its own CPU's reference now
+    assert rn.check(fake_run(tmp_path, main, name="main"), results_dir=readme) == []  # the main CPU still to the main one
     drift = fake_run(tmp_path, main, acc_shift=1.1 + 0.6, cpu=other_cpu, name="drift")
-    problems = rn.check(drift, readme=readme)
+    problems = rn.check(drift, results_dir=readme)
     assert any("top-1" in p for p in problems) and any(other_cpu in p for p in problems)
-    before = readme.read_text()
+    before = (readme / "quickstart.json").read_text()
     with pytest.raises(ValueError, match="regenerate instead"):  # the main record's CPU is regenerated, not added
-        rn.add_cpu(fake_run(tmp_path, main, name="same"), readme=readme)
-    assert readme.read_text() == before  # refused before anything is written
+        rn.add_cpu(fake_run(tmp_path, main, name="same"), results_dir=readme)
+    assert (readme / "quickstart.json").read_text() == before  # refused before anything is written
 
 
 def test_regenerating_on_another_cpu_keeps_the_old_main_record_as_a_reference(readme_record):
@@ -115,5 +143,4 @@ def test_digits_table_names_the_removed_sublayers():
     table = rn.digits_table([{**row, "removed_sublayers": {"attn": [], "mlp": [1, 2]}}, row], {})
     lines = [ln for ln in table.splitlines() if ln.startswith("| m |")]
     assert lines[0].endswith("| 6,6,6,6 (−2 mlp removed) |") and lines[1].endswith("| 6,6,6,6 |")
-    data = json.loads(table.split("<!-- data: ")[1].split(" -->")[0])
-    assert data["rows"][0]["removed_sublayers"] == {"attn": [], "mlp": [1, 2]}
+    assert "<!--" not in table

@@ -245,7 +245,7 @@ def test_architecture_and_weights_from_different_plans_do_not_mix(tmp_path):
     with pytest.raises(CheckpointError) as info:
         vtpdeploy.load(tmp_path / "a")
     msg = _one_line(info.value)
-    assert "a.safetensors" in msg and ("size mismatch" in msg or "Missing" in msg or "Unexpected" in msg)
+    assert "a.safetensors" in msg and ("shape mismatch" in msg or "missing:" in msg or "unexpected:" in msg)
 
 
 def test_gated_checkpoint_into_plain_architecture_fails(tmp_path):
@@ -254,7 +254,7 @@ def test_gated_checkpoint_into_plain_architecture_fails(tmp_path):
     spec = json.loads((tmp_path / "g.json").read_text())
     spec["gated"] = False
     (tmp_path / "g.json").write_text(json.dumps(spec))
-    with pytest.raises(CheckpointError, match="does not fit the model .Missing key"):
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(16 missing: blocks.0.attn.qkv.weight, .* unexpected: blocks.0.attn.proj.gate"):
         vtpdeploy.load(tmp_path / "g")
     assert isinstance(gated.blocks[0].attn.qkv, GatedLinear)
 

@@ -22,7 +22,10 @@ def quiet() -> Iterator[io.StringIO]:
 def one_line(exc: BaseException | str, limit: int = 200) -> str:
     """An exception (or text) as one line of at most `limit` characters, for a one-line error message."""
     text = " ".join(str(exc).split()) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut) + "..."  # whole words
 
 
 def package_versions(names: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, str | None]:

@@ -23,7 +23,9 @@ Split = Literal["train", "val", "test"]
 class DataSection(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    kind: Literal["digits", "idx", "imagefolder", "timm", "synthetic"] = "digits"
+    kind: Literal["digits", "idx", "imagefolder", "timm", "synthetic"] = Field(
+        "digits", description="digits (bundled), idx (MNIST-format files), imagefolder (path/train/<class>/*, "
+        "path/val/<class>/*), timm, synthetic (latency only)")
     path: Path | None = Field(None, description="imagefolder root holding train/ and val/; idx: a folder of "
                                                 "MNIST-format IDX files; timm: dataset root")
     dataset: str | None = Field(None, description="timm: a create_dataset name, e.g. 'hfds/imagenet-1k', "
@@ -34,16 +36,17 @@ class DataSection(BaseModel):
     batch_size: int = Field(64, gt=0, description="global batch (all ranks, all accumulation steps)")
     micro_batch_size: int | None = Field(None, gt=0, description="per-rank forward batch; default batch/world")
     val_fraction: float = Field(0.25, gt=0, lt=1, description="digits, idx: share of train held out for val")
-    split_seed: int = 0
+    split_seed: int = Field(0, description="digits/idx/synthetic: seed of the split")
     limit: int | None = Field(None, gt=0, description="idx: use a seeded subset of at most this many images per "
                                                       "split (quick checks, never for reported numbers)")
-    workers: int = Field(0, ge=0)
-    pin_memory: bool = False
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    pin_memory: bool = Field(False, description="DataLoader pinned memory (CUDA)")
     synthetic_size: int = Field(256, gt=0, description="synthetic: images per split")
-    interpolation: str | None = "bilinear"
-    crop_pct: float | None = Field(1.0, gt=0, le=1)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    interpolation: str | None = Field(None, description="resize interpolation, e.g. bicubic; null: the model's "
+                                                         "own (timm pretrained config)")
+    crop_pct: float | None = Field(None, gt=0, le=1, description="eval center-crop share; null: the model's own")
+    mean: tuple[float, float, float] | None = Field(None, description="normalization mean; null: the model's own")
+    std: tuple[float, float, float] | None = Field(None, description="normalization std; null: the model's own")
     augment: bool = Field(True, description="random-resized-crop style training augmentation")
     scale: tuple[float, float] = Field((0.6, 1.0), description="random-resized-crop area range")
     hflip: float = Field(0.0, ge=0, le=1, description="horizontal flip probability (0 for digits)")
@@ -52,6 +55,16 @@ class DataSection(BaseModel):
     mixup: float = Field(0.0, ge=0, description="mixup alpha (DeiT: 0.8); 0 disables")
     cutmix: float = Field(0.0, ge=0, description="cutmix alpha (DeiT: 1.0); 0 disables")
 
+
+
+def quickstart_data() -> DataSection:
+    """The embedded quickstart's data: 8x8 digits upsampled without cropping (bilinear, crop 1.0)."""
+    return DataSection(interpolation="bilinear", crop_pct=1.0)
+
+
+def preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved preprocessing a run records (JSON-ready)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in PREPROCESSING_KEYS}
 
 
 def run_data_section(run_dir: str | Path) -> DataSection:
@@ -68,8 +81,12 @@ def run_data_section(run_dir: str | Path) -> DataSection:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+PREPROCESSING_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
 def data_config_for(model_data_config: dict[str, Any], section: DataSection) -> dict[str, Any]:
-    """The model's timm data config with the recipe's preprocessing overrides applied."""
+    """The model's timm data config with the recipe's preprocessing overrides applied (a null key keeps the
+    model's own value, so a fine-tuned DeiT is evaluated on the images it was trained on)."""
     cfg = dict(model_data_config)
     for key in ("interpolation", "crop_pct", "mean", "std"):
         value = getattr(section, key)

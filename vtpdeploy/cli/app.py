@@ -13,7 +13,7 @@ import typer
 
 from ..console import one_line
 
-COMMAND_MODULES = ("pipeline", "inspect", "export", "calib", "bench", "gate", "report", "latency_cache")
+COMMAND_MODULES = ("pipeline", "recipe", "inspect", "export", "calib", "bench", "gate", "report", "latency_cache")
 ERROR_LIMIT = 400  # characters of the one-line error a command prints
 
 app = typer.Typer(

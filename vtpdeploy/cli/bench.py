@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         tegrastats: bool = typer.Option(None, "--tegrastats/--no-tegrastats", help="Sample tegrastats (power, GPU clock, board RAM) during the timed window (default: on for --device jetson)."),
         batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8."),
         precision: str = typer.Option("auto", "--precision", help="auto | fp32 | fp16 | int8. TensorRT: engine precision (auto reads the ONNX: Q/DQ -> int8, fp16 -> fp16); torch on CUDA: fp32 | fp16."),
-        baseline: str = typer.Option(None, "--baseline", help="unpruned | TIMM_NAME | PATH | none (default: unpruned for a run dir, else deit_base_patch16_224)."),
+        baseline: str = typer.Option(None, "--baseline", help="unpruned | TIMM_NAME | PATH | none (default: the unpruned model of the run the ARTIFACT is, or was exported from; anything else must name one)."),
         warmup_s: float = typer.Option(1.0, "--warmup-s", help="Warm-up seconds per model."),
         duration_s: float = typer.Option(None, "--duration-s", help="Measured seconds per model per batch (default 3)."),
         iters: int = typer.Option(None, "--iters", help="Measured iterations per model per batch (instead of --duration-s)."),
@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
 
             report = run_bench(artifacts, backend=backend, device=device, batches=batch, baseline=baseline,
                                cache_dir=cache_dir, progress=progress, **timing)
+        for w in report.get("warnings", []):
+            typer.echo(f"warning: {w}", err=True)
         _write_outputs(report, json_out, md, plot)
         if not quiet:
             from ..deploy.bench.report import print_tables

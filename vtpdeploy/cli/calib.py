@@ -33,7 +33,13 @@ def register(app: typer.Typer) -> None:
                 raise VtpError(f"--input-size {input_size!r}: expected C,H,W like 3,224,224")
         from ..deploy.export.stage import check_writable
 
+        created = not out.exists()
         check_writable(out)
-        manifest = calib_from_source(source, out, n=n, seed=seed, split=split, model=model, input_size=size)
+        try:
+            manifest = calib_from_source(source, out, n=n, seed=seed, split=split, model=model, input_size=size)
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a refused calib leaves no empty --out behind
+            raise
         typer.echo(f"wrote {manifest['n']} images {manifest['shape'][1:]} to {out / 'calib.npy'} "
                    f"(sha256 {manifest['files']['calib.npy'][:12]})")

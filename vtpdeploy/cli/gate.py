@@ -18,6 +18,24 @@ def register(app: typer.Typer) -> None:
         """Exit 0 when every rule passes, 1 when one is violated, 2 on bad input."""
         from ..deploy.bench.report import load_report
         from ..deploy.bench.rules import run_gate
+        from ..errors import VtpError
 
-        code = run_gate(load_report(report), rules, previous, junit)
+        try:
+            data = load_report(report)
+        except VtpError:
+            if _is_bench_report(rules):
+                raise VtpError(f"the arguments are swapped: {rules} is the bench report and {report} the rules; "
+                               f"run `vtpdeploy gate {rules} {report}`") from None
+            raise
+        code = run_gate(data, rules, previous, junit)
         raise typer.Exit(code)
+
+
+def _is_bench_report(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "results" in data

@@ -67,4 +67,9 @@ def load_source(source: str | Path | None = None, timm_name: str | None = None, 
         return ModelSource(load(base), base.name, spec.data_config, saved_path=base)
     if not path.exists():
         raise VtpError(f"{path}: no such run dir or saved model")
-    raise VtpError(f"{path}: not a run dir (manifest.json) nor a saved model (X.safetensors + X.json)")
+    if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
+        raise VtpError(f"{path}: a raw checkpoint, not a run dir or saved model; prune it first: set model.checkpoint "
+                       f"to it in recipes/own_model.yaml and run `vtpdeploy pipeline recipes/own_model.yaml`, then "
+                       "export the run dir")
+    raise VtpError(f"{path}: not a run dir (manifest.json) nor a saved model (X.safetensors + X.json); give the "
+                   "--out of `vtpdeploy pipeline`, or --model TIMM_NAME")

@@ -79,10 +79,27 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a safetensors file (or a `weights_only` torch state dict) strictly into `model`."""
     state = read_state_dict(weights)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{weights}: does not fit the model ({_mismatch_summary(exc)})") from None
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{weights}: does not fit the model ({mismatch}); check model.name and model.kwargs "
+                              "(e.g. num_classes, img_size) against the checkpoint")
+    model.load_state_dict(state, strict=True)
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], shown: int = 2) -> str:
+    """Whole-word summary of missing keys, unexpected keys and shape mismatches ('' when they fit)."""
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f"{len(missing)} missing: {names(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected: {names(unexpected)}" if unexpected else "",
+             f"{len(shapes)} shape mismatch(es): {names(shapes)}" if shapes else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -111,12 +128,3 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _mismatch_summary(exc: RuntimeError) -> str:
-    text = str(exc)
-    for marker in ("Missing key(s)", "Unexpected key(s)", "size mismatch"):
-        i = text.find(marker)
-        if i >= 0:
-            return text[i : i + 160].replace("\n", " ").replace("\t", " ").strip()
-    return text.splitlines()[0][:160]

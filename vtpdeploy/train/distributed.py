@@ -26,6 +26,29 @@ class DistInfo:
         return self.world_size > 1
 
 
+def check_device(device: str) -> None:
+    """A one-line VtpError (exit 2) naming what to do when `device` is not usable here; call before any write."""
+    from ..errors import VtpError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VtpError(f"device: {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            fix = ("check the NVIDIA driver with nvidia-smi" if torch.version.cuda else
+                   f"install a CUDA build of torch (this one, {torch.__version__}, is CPU-only)")
+            raise VtpError(f"device: {device!r} but torch sees no CUDA GPU here; run with --set device=cpu, "
+                           f"or {fix}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise VtpError(f"device: {device!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                           "use cuda:0..cuda:N-1 or --set device=cuda")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise VtpError(f"device: {device!r} but MPS is not available here; run with --set device=cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise VtpError(f"device: {device!r} is not supported; use cpu, cuda or cuda:N")
+
+
 def init_distributed(device: str = "cpu") -> DistInfo:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -18,7 +18,8 @@ from rich.console import Console
 from ..errors import RecipeError
 from ..fileio import atomic_write_text, sha256_file, sha256_text
 from .context import Context
-from .distributed import DistInfo, barrier, broadcast, init_distributed, shutdown
+from ..data import preprocessing
+from .distributed import DistInfo, barrier, broadcast, check_device, init_distributed, shutdown
 from .events import EventLog
 from .loop import seed_everything
 from .recipe import Recipe, dump_recipe, section_json
@@ -73,10 +74,12 @@ class _Rank0:
     def is_done(self, name: str, key: str) -> bool:
         return broadcast(self.info, self.run.is_done(name, key) if self.main else None)
 
-    def start(self, index: int, name: str, key: str) -> float:
+    def start(self, index: int, name: str, key: str, log, export: bool) -> float:
+        """Archive the finished artifacts this stage and the later ones replace (history/<key>/), then start it."""
         self.events.emit("stage_start", stage=name, key=key)
         if not self.main:
             return 0.0
+        self.run.keep_finished([s for s in STAGES[index:] if s != "export" or export], log)
         self.run.invalidate_from(list(STAGES[index:]))
         return self.run.start(name, key)
 
@@ -134,6 +137,7 @@ def run_pipeline(recipe: Recipe, out: Path | None = None, console: Console | Non
         raise RecipeError(f"--until {until!r}: not a stage; choose one of {', '.join(STAGES)}")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    check_device(recipe.device)  # before anything is written
     info = init_distributed(recipe.device)
     try:
         if info.is_main:
@@ -153,6 +157,7 @@ def _run_stages(recipe: Recipe, console: Console, model, rank0: _Rank0, until: s
         rank0.write_recipe(recipe)
         ctx = Context(recipe, rank0.run, console, model_data_config(model), dist=rank0.info, events=rank0.events,
                       model=model)
+        ctx.log(f"data: {recipe.data.kind}, preprocessing {preprocessing(ctx.data_config)}")
         with _progress(console, enabled=rank0.main and not rank0.events.enabled) as ctx.progress:
             upstream = _base_key(recipe)
             for i, stage in enumerate(STAGE_TABLE):
@@ -165,7 +170,7 @@ def _run_stages(recipe: Recipe, console: Console, model, rank0: _Rank0, until: s
                     ctx.log(f"{stage.name}: up to date, skipped")
                     rank0.events.emit("stage_skip", stage=stage.name, key=key)
                     continue
-                t0 = rank0.start(i, stage.name, key)
+                t0 = rank0.start(i, stage.name, key, ctx.log, recipe.export.enabled)
                 seed_everything(recipe.seed)
                 rank0.finish(stage, key, t0, stage.run(ctx, key))
         if until is not None and until != STAGES[-1]:

@@ -16,7 +16,7 @@ from pydantic import (
     model_serializer,
 )
 
-from ..data import DataSection
+from ..data import DataSection, quickstart_data
 from ..errors import RecipeError
 from ..fileio import read_yaml
 
@@ -26,8 +26,9 @@ class Section(BaseModel):
 
 
 class ModelSection(Section):
-    name: str = "vit_tiny_patch16_224"
+    name: str = Field("vit_tiny_patch16_224", description="timm model name, e.g. deit_small_patch16_224")
     kwargs: dict[str, Any] = Field(
+        description="timm.create_model kwargs, e.g. {num_classes: 2} (must match the checkpoint)",
         default_factory=lambda: {
             "img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 6,
             "mlp_ratio": 4.0, "num_classes": 10,
@@ -38,11 +39,11 @@ class ModelSection(Section):
 
 
 class OptimSection(Section):
-    epochs: int = Field(10, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: int = Field(1, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(10, ge=0, description="epochs of this stage (0: skip training)")
+    lr: float = Field(1e-3, gt=0, description="AdamW peak learning rate (cosine schedule)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_epochs: int = Field(1, ge=0, description="linear lr warm-up epochs")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     checkpoint_every: int = Field(1, gt=0, description="epochs between resume checkpoints")
     checkpoint_every_steps: int = Field(0, ge=0, description="also checkpoint every N optimizer steps (0: off)")
     clip_grad: float | None = Field(5.0, gt=0, description="gradient-norm clipping (null: off)")
@@ -69,8 +70,10 @@ class SparsifySection(OptimSection):
 
 class PruneSection(Section):
     rate: float = Field(0.4, description="share of gated dims to remove, in (0, 1)")
-    scope: Literal["global", "per_kind", "per_layer"] = "global"
-    importance: Literal["gate", "weight_l1"] = "gate"
+    scope: Literal["global", "per_kind", "per_layer"] = Field(
+        "global", description="where the rate applies: one threshold for all gates, per gate kind, or per layer")
+    importance: Literal["gate", "weight_l1"] = Field(
+        "gate", description="rank dims by learned gate scores (VTP) or weight L1 norm (baseline)")
     atol: float = Field(1e-4, gt=0, description="compact vs hard-mask tolerance on logits")
     hardware: str = Field("cpu", description="width profile: none (paper-faithful), cpu, cpu-gather, cpu-nogather, "
                                              "gpu-fp16, gpu-int8, jetson-orin")
@@ -83,8 +86,9 @@ class PruneSection(Section):
                                       "unpruned MACs, e.g. 0.5 for 2x fewer (rate is then searched, within 1 %)")
     target_latency_ms: float | None = Field(None, gt=0, description="latency-guided plan: meet this budget "
                                                                      "(rate is then ignored)")
-    latency_backend: Literal["torch", "ort", "openvino"] = "ort"
-    latency_batch: int = Field(1, gt=0)
+    latency_backend: Literal["torch", "ort", "openvino"] = Field(
+        "ort", description="latency-guided plan: runtime the latency table is measured on")
+    latency_batch: int = Field(1, gt=0, description="latency-guided plan: batch it is measured at")
     latency_steps: int = Field(3, ge=1, le=10, description="latency-guided plan: measure-and-correct steps "
                                "(1 = trust the table)")
     latency_cache: Path | None = Field(None, description="latency table cache dir (default $VTPDEPLOY_LATENCY_CACHE, else "
@@ -136,12 +140,12 @@ def _export_config():
 
 
 class OutputSection(Section):
-    dir: Path = Path("runs/quickstart")
+    dir: Path = Field(Path("runs/quickstart"), description="run directory (the pipeline's --out overrides it)")
 
 
 class Recipe(Section):
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = Field(0, description="seed of init, data order and splits")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (checked before any work)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
     log: list[Literal["csv", "tensorboard"]] = Field(
@@ -149,7 +153,7 @@ class Recipe(Section):
         "csv (timm-style summary.csv), tensorboard (needs the tensorboard extra); [] turns both and the per-epoch "
         "validation off. Not part of any stage key.")
     model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection = Field(default_factory=DataSection)
+    data: DataSection = Field(default_factory=quickstart_data)
     train: TrainSection = Field(default_factory=TrainSection)
     sparsify: SparsifySection = Field(default_factory=SparsifySection)
     prune: PruneSection = Field(default_factory=PruneSection)
@@ -162,10 +166,26 @@ def _format_error(exc: ValidationError, origin: str) -> str:
     e = exc.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "<root>"
     if e["type"] == "extra_forbidden":
-        return f"{origin}: unknown key '{loc}'"
+        return f"{origin}: unknown key '{loc}'{_did_you_mean(e['loc'])}; `vtpdeploy recipe` lists every key"
     msg = e["msg"].removeprefix("Value error, ")
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{origin}: {loc}: {msg}{more}"
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean 'prune.rate'?)' for the closest known key of the same section, else ''."""
+    import difflib
+
+    section: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        inner = getattr(field, "annotation", None) if field else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        section = inner
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    prefix = "".join(f"{p}." for p in loc[:-1])
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -123,6 +124,39 @@ class RunDir:
             "metrics": metrics or {},
         })
         self.save()
+
+    def keep_finished(self, names: list[str], log=None) -> list[Path]:
+        """Move the finished artifacts of stages `names` (about to re-run) into history/<stage key>/, with the
+        stage's manifest entry and the run's report, so a re-run never silently replaces results."""
+        kept = []
+        for name in names:
+            entry = self.stage(name)
+            arts = {k: a for k, a in entry.get("artifacts", {}).items() if self._intact(a)}
+            if entry.get("status") not in ("done", "stale") or not arts:
+                continue
+            dest = self.path / "history" / entry["key"]
+            for a in arts.values():
+                target = dest / a["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path / a["path"], target)
+            atomic_write_json(dest / "stage.json", {"stage": name, **entry})
+            for report in ("report.json", "report.md"):
+                if (self.path / report).is_file() and not (dest / report).exists():
+                    shutil.copy2(self.path / report, dest / report)
+            entry["status"] = "archived"
+            self.manifest.setdefault("history", []).append({"stage": name, "key": entry["key"],
+                                                             "dir": str(dest.relative_to(self.path)), "at": _now()})
+            kept.append(dest)
+        if kept:
+            self.save()
+            if log:
+                log(f"re-running {', '.join(names)} (their inputs changed); the finished artifacts they replace are "
+                    f"kept in {', '.join(str(d.relative_to(self.path)) for d in kept)}")
+        return kept
+
+    def _intact(self, art: dict) -> bool:
+        p = self.path / art["path"]
+        return p.is_file() and sha256_file(p) == art.get("sha256")
 
     def invalidate_from(self, names: list[str]) -> None:
         for n in names:

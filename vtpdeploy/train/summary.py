@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..console import one_line
+from ..data import preprocessing
 from ..fileio import atomic_write_json
 from ..prune.plan import PrunePlan
 from .context import Context
@@ -20,6 +21,7 @@ def write_report(ctx: Context, wall_s: float) -> dict:
         "version": 1,
         "model": ctx.recipe.model.name,
         "data": ctx.recipe.data.kind,
+        "preprocessing": preprocessing(ctx.data_config),
         "params": {k: v["params"] for k, v in counts.items()},
         "macs": {k: v["macs"] for k, v in counts.items()},
         "reduction": {

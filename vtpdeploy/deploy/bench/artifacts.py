@@ -16,7 +16,6 @@ from ...errors import CheckpointError, VtpError
 from .onnx_info import onnx_input_shape, onnx_param_count
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-DEFAULT_BASELINE = "deit_base_patch16_224"
 MB = 1024.0 * 1024.0
 
 
@@ -146,6 +145,12 @@ class Artifact:
     def _sidecar_counts(self) -> dict | None:
         from ..sources import saved_base
 
+        from .provenance import export_record
+
+        record = export_record(self.path)
+        if record is not None and isinstance((record.get("counts") or {}).get("params"), int):
+            return {"params": record["counts"]["params"], "macs": record["counts"].get("macs"),
+                    "counts_from": "export.json"}
         stem = self.path.with_suffix("")
         for meta in (Path(str(self.path) + ".json"), stem.with_name(stem.name + ".meta.json")):
             try:
@@ -276,17 +281,26 @@ def resolve(spec: str, cache_dir: Path | None = None) -> Artifact:
 
 
 def resolve_baseline(baseline: str | None, candidates: list[Artifact], cache_dir: Path | None = None) -> Artifact | None:
-    """--baseline: unpruned | TIMM_NAME | PATH | none; default `unpruned` for a run dir, else deit_base_patch16_224."""
-    first = candidates[0]
+    """--baseline: unpruned | TIMM_NAME | PATH | none; default: the candidate's unpruned counterpart (its run
+    dir's, or the one its export.json names), never an unrelated model."""
+    from ..sources import saved_base
+    from .provenance import default_baseline
+
     if baseline is None:
-        baseline = "unpruned" if first.kind == "run" else DEFAULT_BASELINE
+        found = default_baseline(candidates)
+        if isinstance(found, Path):
+            if saved_base(found / "unpruned") is None:
+                raise CheckpointError(f"{found}: run dir has no unpruned.safetensors/unpruned.json to compare "
+                                      "against; give --baseline PATH|TIMM_NAME, or --baseline none")
+            return Artifact("unpruned", "run", path=found, which="unpruned", cache_dir=cache_dir,
+                            label=f"{found.resolve().name}/unpruned")
+        baseline = found
     if baseline.lower() == "none":
         return None
     if baseline == "unpruned":
         run = next((c for c in candidates if c.kind == "run"), None)
         if run is None:
             raise VtpError("--baseline unpruned needs a run dir ARTIFACT; give a timm name, a path or 'none'")
-        from ..sources import saved_base
 
         if saved_base(run.path / "unpruned") is None:
             raise CheckpointError(f"{run.path}: run dir has no unpruned.safetensors/unpruned.json to compare against")

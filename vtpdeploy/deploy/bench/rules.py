@@ -10,7 +10,9 @@ A rule is `METRIC OP RHS` with OP in <=, <, >=, >, == and RHS a number, `previou
   a `<=`/`<` rule for the UPPER bound;
 - `previous` compares against the entry of the --previous report with the same
   model (or candidate)/backend/batch.
-A rule may be a dict {rule: "...", backend: ort, batch: 1, model: NAME} to select entries.
+A rule may be a dict {rule: "...", backend: ort, batch: 1, model: NAME, precision: fp16} to select entries;
+a selector may list several values (`precision: [fp32, fp16]`). `precision` is what ran: the TensorRT
+engine's, torch's, else the ONNX file's (model.int8.onnx -> int8, model.fp16.onnx -> fp16, else fp32).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ RESULT_METRICS = {
 }
 COMPARISON_METRICS = {"speedup": "speedup_ci", "efficiency": "efficiency_ci", "mac_ratio": None}
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
-SELECTORS = ("backend", "batch", "model")
+SELECTORS = ("backend", "batch", "model", "precision")
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RULE = re.compile(
@@ -116,10 +118,32 @@ def load_rules(path: str | Path) -> list[Rule]:
     return [parse_rule(g) for g in data["gates"]]
 
 
-def _selected(entry: dict, rule: Rule, name_key: str) -> bool:
+def result_precision(row: dict) -> str:
+    """What precision a result row ran at: the engine's, torch's, else the ONNX file name's."""
+    trt = row.get("tensorrt")
+    if isinstance(trt, dict) and trt.get("precision"):
+        return str(trt["precision"])
+    if row.get("precision") in ("fp32", "fp16", "int8"):
+        return str(row["precision"])
+    name = Path(str(row.get("artifact", ""))).name
+    return "int8" if ".int8." in name else "fp16" if ".fp16." in name else "fp32"
+
+
+def _entry_value(entry: dict, key: str, name_key: str, results: list[dict]):
+    if key == "model":
+        return entry.get(name_key)
+    if key != "precision":
+        return entry.get(key)
+    row = entry if name_key == "model" else next(
+        (r for r in results if r.get("model") == entry.get("candidate") and r.get("backend") == entry.get("backend")
+         and r.get("batch") == entry.get("batch")), {})
+    return result_precision(row)
+
+
+def _selected(entry: dict, rule: Rule, name_key: str, results: list[dict]) -> bool:
     for k, v in rule.select.items():
-        have = entry.get(name_key) if k == "model" else entry.get(k)
-        if str(have) != str(v):
+        wanted = {str(x) for x in v} if isinstance(v, list) else {str(v)}
+        if str(_entry_value(entry, k, name_key, results)) not in wanted:
             return False
     return True
 
@@ -153,10 +177,9 @@ def _evaluate_one(report: dict, rule: Rule, previous: dict | None) -> GateResult
     is_cmp = rule.metric in COMPARISON_METRICS
     name_key = "candidate" if is_cmp else "model"
     pool = report.get("comparison", []) if is_cmp else [r for r in report["results"] if r.get("role", "candidate") != "baseline"]
-    entries = [e for e in pool if _selected(e, rule, name_key)]
+    entries = [e for e in pool if _selected(e, rule, name_key, report["results"])]
     if not entries:
-        what = "comparison entries (run with a baseline)" if is_cmp else "candidate results"
-        raise GateError(f"gate {rule.name!r} selects no {what} in the report")
+        raise GateError(_selects_nothing(rule, pool, is_cmp, name_key, report["results"]))
     fn = OPS[rule.op]
     checks = []
     for e in entries:
@@ -197,6 +220,16 @@ def _evaluate_one(report: dict, rule: Rule, previous: dict | None) -> GateResult
         f"not {rule.op} {_fmt(c['bound'])}" + (f" ({c['note']})" if c.get("note") else "")
         for c in bad)
     return GateResult(rule=rule.name, passed=passed, checks=checks, message=msg)
+
+
+def _selects_nothing(rule: Rule, pool: list[dict], is_cmp: bool, name_key: str, results: list[dict]) -> str:
+    """Why a rule matched nothing, and what the report holds instead."""
+    if is_cmp and not pool:
+        return (f"gate {rule.name!r}: the report has no comparison entries (it was benched with --baseline none); "
+                "bench with a baseline, or gate on result metrics")
+    what = "comparison entries" if is_cmp else "candidate results"
+    have = sorted({" ".join(f"{k}={_entry_value(e, k, name_key, results)}" for k in rule.select) for e in pool})
+    return f"gate {rule.name!r} selects none of the report's {len(pool)} {what}; they have {'; '.join(have)}"
 
 
 def _fmt(v) -> str:

@@ -18,9 +18,10 @@ from . import stats
 from .artifacts import Artifact, resolve, resolve_baseline
 from .engines import check_precision
 from .environment import collect, power_state
+from .hints import runtime_warnings
 from .loop import Slot, measure, warmup
 from .memory import PeakMemory, headline, split_device_memory
-from .schema import Comparison, Row
+from .schema import Comparison, Row, Warnings
 from .settings import BenchOptions, check_device, check_shape, check_timing, resolve_backends, runner_device
 
 SCHEMA_VERSION = 1
@@ -91,6 +92,7 @@ def run_bench(artifacts: Sequence[str | Path], options: BenchOptions | None = No
     backends = resolve_backends(opts.backend, opts.device)
     check_device(opts.device, backends)
     base, arts = _resolve_artifacts(artifacts, opts.baseline, opts.cache_dir, opts.precision, backends)
+    warnings = runtime_warnings(arts, backends, opts.device)  # the CLI prints them
     results, comparisons, schedules = [], [], []
     for be in backends:
         for batch in batches:
@@ -116,6 +118,7 @@ def run_bench(artifacts: Sequence[str | Path], options: BenchOptions | None = No
         "results": [r.model_dump(exclude_unset=True) for r in results],
         "comparison": [c.model_dump() for c in comparisons],
         "schedules": schedules,
+        "warnings": Warnings.validate_python(warnings),
         "environment": collect(opts.threads),
     }
 

@@ -9,9 +9,9 @@ only on its rows). docs/bench.md holds `schema_markdown()`; tests/test_bench.py 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class Row(BaseModel):
@@ -64,7 +64,13 @@ class Comparison(BaseModel):
     efficiency_ci: list[float] | None
 
 
+Warnings = TypeAdapter(Annotated[list[str], Field(
+    description="one line per combination that runs but gives numbers not to trust as-is (e.g. an s8 INT8 ONNX "
+                "timed on a CPU runtime); the CLI prints them")])
+
+
 def schema_markdown() -> str:
-    """The JSON schema of a result row and a comparison, as the fenced block docs/bench.md holds."""
-    schema = {"result": Row.model_json_schema(), "comparison": Comparison.model_json_schema()}
+    """The JSON schema of a result row, a comparison and the report's warnings, as docs/bench.md's fenced block."""
+    schema = {"result": Row.model_json_schema(), "comparison": Comparison.model_json_schema(),
+              "warnings": Warnings.json_schema()}
     return "```json\n" + json.dumps(schema, indent=1, ensure_ascii=False) + "\n```"

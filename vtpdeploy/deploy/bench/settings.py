@@ -67,8 +67,11 @@ def resolve_backends(backend: str, device: str) -> list[str]:
         elif name not in available_backends():
             from ...errors import BackendUnavailableError
 
+            from ..runners.base import INSTALL_HINTS
+
             pkg = BACKENDS[name][2]
-            raise BackendUnavailableError(f"backend {name!r} needs the {pkg!r} package, which is not installed; "
+            raise BackendUnavailableError(f"backend {name!r} needs the {pkg!r} package, which is not installed"
+                                          f"{INSTALL_HINTS.get(name, '')}; "
                                           f"installed backends: {', '.join(available_backends())}")
         if name == "trt" and device == "cpu":
             raise VtpError("--backend trt runs on a GPU: use --device cuda or --device jetson")

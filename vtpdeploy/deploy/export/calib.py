@@ -160,7 +160,8 @@ def calib_from_source(source: str | Path, out_dir: str | Path, *, n: int = 500, 
     from ..sources import is_run_dir, saved_base
 
     if split == "val":
-        raise DataError("calibration images must come from the train split, not val (val measures accuracy)")
+        raise DataError("calibration images must come from the train split, not val (val measures accuracy): "
+                        "use --split train")
     src = Path(source)
     if is_run_dir(src):
         from ...prune.saving import read_spec

@@ -207,6 +207,12 @@ def _qdq_check(int8_path, int8_fp16_path, targets, per_target: dict, warnings: l
             "int8_fp16_path": str(int8_fp16_path) if int8_fp16_path is not None else None}
 
 
+def important_warnings(warnings: list[str]) -> list[str]:
+    """The warnings that cost speed or validity on every target (fused-MHA fallback, INT8 Q/DQ TensorRT
+    rejects): printed in full; the rest are counted and left in trt_report.json."""
+    return [w for w in warnings if "fused-MHA" in w or w.startswith("INT8:")]
+
+
 def enforce(report: dict[str, Any], strict: bool) -> None:
     """Raise ReadinessError (exit 1) when `strict` and the report has warnings."""
     if strict and report["warnings"]:

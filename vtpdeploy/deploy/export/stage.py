@@ -3,7 +3,7 @@
 Writes into `out_dir`: model.onnx, model.fp16.onnx, model.int8.onnx, model.int8.fp16.onnx (INT8 with fp16
 float ops, for strongly typed TensorRT), export.json (every validation,
 with max diffs and top-1 agreement), trt_report.json (readiness; with check_trt or trt) and
-model.engine + engine.json (with trt).
+model.<precision>.engine + model.<precision>.engine.json per requested precision (with trt).
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
             job.report["int8"]["heldout"] = _heldout_agreement(job, fp32.path, heldout, heldout_kind)
     readiness = _check_readiness(job, fp32.path, model, trt_targets) if cfg.check_trt or cfg.trt else None
     if cfg.trt:
-        _build_engine(job, fp32.input_shape, trt_version)
+        from .engines import build_engines
+
+        job.report["engines"] = build_engines(job.out_dir, cfg, fp32.input_shape, trt_version, job.say)
     atomic_write_json(out_dir / "export.json", job.report)
     if readiness is not None:
         from .readiness import enforce
@@ -188,16 +190,31 @@ def _validation_inputs(source: ModelSource, cfg: ExportConfig, heldout, heldout_
 
 
 def _new_report(source: ModelSource, cfg: ExportConfig, inputs: dict[str, Any]) -> dict[str, Any]:
+    from ...prune.counting import count
+
+    counts = count(source.model, tuple(source.input_size[1:]))  # bench reads them: an ONNX carries no MAC count
     return {
         "source": source.label,
         "run_dir": str(source.run_dir) if source.run_dir else None,
+        "provenance": _provenance(source),
+        "counts": {"params": int(counts["params"]), "macs": int(counts["macs"]), "per": "image"},
         "opset": cfg.opset,
-        "batch": "dynamic" if cfg.dynamic_batch else cfg.batch,
+        "batch": ("dynamic" if cfg.dynamic_batch else cfg.batch),
+        "batch_range": list(cfg.engine_batch_range()) if cfg.dynamic_batch else None,
         "config": cfg.model_dump(mode="json"),
         "inputs": inputs,
         "artifacts": {},
         "validations": [],
     }
+
+
+def _provenance(source: ModelSource) -> dict[str, Any]:
+    """Where the exported model came from, so `bench` can find its unpruned counterpart."""
+    saved = source.saved_path
+    return {"run_dir": str(Path(source.run_dir).resolve()) if source.run_dir else None,
+            "which": saved.name if source.run_dir and saved else None,
+            "saved_model": str(Path(saved).resolve()) if saved else None,
+            "timm_name": source.label if source.run_dir is None and saved is None else None}
 
 
 def _export_fp32(job: _Job, model):
@@ -316,17 +333,6 @@ def _check_readiness(job: _Job, fp32_path: Path, model, trt_targets: list[str] |
     atomic_write_json(out_dir / "trt_report.json", readiness)
     job.report["trt_report"] = {"path": "trt_report.json", "warnings": len(readiness["warnings"])}
     return readiness
-
-
-def _build_engine(job: _Job, input_shape, trt_version) -> None:
-    from .trt_build import build_engine
-
-    cfg = job.cfg
-    precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
-    onnx_in = job.out_dir / ONNX_FILE[onnx_for(trt_version, precision)]
-    job.say(f"building TensorRT {trt_version} engine ({precision}, from {onnx_in.name}) -> model.engine")
-    job.report["engine"] = build_engine(onnx_in, job.out_dir / "model.engine", precision=precision,
-                                        input_shape=input_shape, batch_range=(1, cfg.batch, max(cfg.batch, 32)))
 
 
 INT8_FP16_SLACK = 2.0  # model.int8.fp16.onnx may be at most this many times further from PyTorch than model.int8.onnx

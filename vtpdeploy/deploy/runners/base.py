@@ -63,13 +63,17 @@ def available_backends() -> list[str]:
     return [name for name, (_, _, pkg) in BACKENDS.items() if importlib.util.find_spec(pkg) is not None]
 
 
+INSTALL_HINTS = {"trt": " (pip install 'vtpdeploy[trt]' on x86-64 with CUDA, or JetPack's TensorRT on Jetson)",
+                 "openvino": " (pip install 'vtpdeploy[openvino]')"}
+
+
 def make_runner(backend: str, artifact: Any, device: str = "cpu", threads: int | None = None, **options) -> Runner:
     """Build the runner for `backend`; a one-line error if it is unknown or not installed."""
     if backend not in BACKENDS:
         raise VtpError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     module, cls, pkg = BACKENDS[backend]
     if importlib.util.find_spec(pkg) is None:
-        hint = " (pip install 'vtpdeploy[trt]', or JetPack on Jetson)" if backend == "trt" else ""
+        hint = INSTALL_HINTS.get(backend, "")
         raise BackendUnavailableError(
             f"backend {backend!r} needs the {pkg!r} package, which is not installed{hint}; "
             f"installed backends: {', '.join(available_backends())}"
