@@ -67,3 +67,13 @@ def test_quick_frontier_writes_rows_page_and_figure_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "pipeline" not in again.stdout  # every arm was finished: nothing re-ran
     assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_readme_quotes_the_frontier_summary_from_its_sidecar():
+    """The README's five-row Fashion-MNIST table is the script's own summary (docs/results/fashion_mnist.json)."""
+    from results_page import markdown_table, read_data
+
+    table = markdown_table(*fr.readme_summary(read_data("fashion_mnist")["summary"]))
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme
+    assert "docs/results/fashion_mnist_frontier.png" in readme and (ROOT / "docs/results/fashion_mnist_frontier.png").is_file()
