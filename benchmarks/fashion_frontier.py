@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=None, help="default docs/results (quick: OUT/results)")
     ap.add_argument("--skip-bench", action="store_true",
                     help="time nothing: render with OUT/bench.json's latencies if there is one")
+    ap.add_argument("--retrain-base", action="store_true", help="train the base, not start from benchmarks/fashion_base")
     ap.add_argument("--render-only", action="store_true", help="train no arm: INT8, bench and page from what is done")
     args = ap.parse_args(argv)
     levels = (args.levels or ("3x" if args.quick else "2x,3x,4x")).split(",")
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if peer_torch_pruning.missing():
             print(f"note: {peer_torch_pruning.missing()}", file=sys.stderr)
             methods = [m for m in methods if not m.startswith("tp-")]
-    study = fa.Study(args.out, QUICK_SETS if args.quick else (), threads=args.threads)
+    study = fa.Study(args.out, QUICK_SETS if args.quick else (), threads=args.threads,
+                     keep_base=not (args.quick or args.retrain_base))
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         fa.run_base(study)
