@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 
 from .console import one_line
+from .grey_images import GreyImageDataset
 from .errors import DataError, VtpError
 from .fileio import read_yaml
 
@@ -120,7 +120,7 @@ def make_mixup(section: DataSection, num_classes: int, label_smoothing: float = 
                  num_classes=num_classes)
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(GreyImageDataset):
     """scikit-learn's bundled 8x8 digits (1797 images) as RGB PIL images, with a fixed seeded split."""
 
     def __init__(self, split: Split, transform=None, val_fraction: float = 0.25, seed: int = 0):
@@ -138,15 +138,6 @@ class DigitsDataset(Dataset):
         self.transform = transform
         self.classes = [str(c) for c in range(10)]
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def image(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[self.indices[i]], mode="L").convert("RGB")
-
-    def __getitem__(self, i: int):
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img), int(self.targets[self.indices[i]])
 
 
 class SyntheticDataset(Dataset):

@@ -12,10 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
 from .errors import DataError
+from .grey_images import GreyImageDataset
 
 NAMED_SOURCES = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 INSTALL_HINT = {"fashion_mnist": "apt-get install dataset-fashion-mnist"}
@@ -91,7 +90,7 @@ def carve_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(train_idx), np.sort(val_idx)
 
 
-class IdxDataset(Dataset):
+class IdxDataset(GreyImageDataset):
     """One split of an IDX folder as RGB PIL images (grey replicated), so timm's transforms apply unchanged."""
 
     def __init__(self, root: Path, split: str, transform=None, val_fraction: float = 1 / 12, seed: int = 0,
@@ -108,16 +107,6 @@ class IdxDataset(Dataset):
             self.indices = np.sort(rng.choice(self.indices, size=limit, replace=False))
         self.transform = transform
         self.classes = [str(c) for c in range(int(self.targets.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def image(self, i: int) -> Image.Image:
-        return Image.fromarray(self.images[self.indices[i]], mode="L").convert("RGB")
-
-    def __getitem__(self, i: int):
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img), int(self.targets[self.indices[i]])
 
 
 def check_idx(path: Path | None, source: str | None) -> int:
