@@ -205,7 +205,8 @@ def run_pipeline_arm(study: Study, arm: Arm, level: str, share: float, seed: int
 def _finetune(study: Study, model: torch.nn.Module, seed: int) -> float:
     """The pipeline's finetune stage on a plain module: same section, loop, data order and seed; val top-1."""
     from vtpdeploy.data import ResumableSampler, build_dataset, make_loader, make_mixup, make_transform
-    from vtpdeploy.train.loop import LoopSetup, evaluate, fit, seed_everything
+    from vtpdeploy.train.checkpoints import seed_everything
+    from vtpdeploy.train.loop import LoopSetup, evaluate, fit
 
     r = study.recipe(f"seed={seed}")
     cfg, dc = r.data, data_config(study)

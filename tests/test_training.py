@@ -149,7 +149,7 @@ def test_backward_runs_outside_autocast(monkeypatch):
 
 def test_cuda_rng_restore_with_fewer_gpus(monkeypatch):
     """A 2-GPU checkpoint resumed on 1 GPU restores GPU 0's state and skips the missing one."""
-    from vtpdeploy.train import loop
+    from vtpdeploy.train import checkpoints as loop
 
     state = loop.rng_state()
     state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
@@ -171,7 +171,7 @@ def test_cuda_rng_restore_with_fewer_gpus(monkeypatch):
 
 def test_each_rank_resumes_its_own_rng_state(tmp_path):
     from vtpdeploy.train.distributed import DistInfo
-    from vtpdeploy.train.loop import resume_rng
+    from vtpdeploy.train.checkpoints import resume_rng
 
     ckpt = tmp_path / "c.pt"
     fit(_model(), _loader(16), _cfg(epochs=1), seed=0, stage_key="k", checkpoint_path=ckpt,

@@ -17,9 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
-from ..fileio import atomic_path
 from ..prune.gates import gate_parameters, l1_penalty
+from .checkpoints import (
+    crash_after_checkpoint_if_asked,
+    load_checkpoint,
+    resume_rng,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from .distributed import DistInfo, gather_objects
 from .recipe import OptimSection
 
@@ -51,64 +58,6 @@ def _param_groups(model: nn.Module, cfg: OptimSection, gate_lr: float | None, tr
     return [g for g in groups if g["params"]]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and Python's `random` (timm's crop augmentation draws from the latter)."""
-    import random
-
-    import numpy as np
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % (2**32))
-    random.seed(seed)
-
-
-def rng_state() -> dict:
-    """torch, CUDA, numpy and Python RNG states, as tensors and plain types (weights_only-loadable)."""
-    import random
-
-    import numpy as np
-
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype("int64")), "pos": int(np_state[2])},
-             "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"]["keys"].numpy().astype("uint32"), state["numpy"]["pos"], 0, 0.0))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        # one state per GPU of the saving run; a resume with fewer GPUs restores those that exist
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-
-
-def resume_rng(state: dict, dist: DistInfo, log: Callable[[str], None] | None = None) -> dict | None:
-    """This rank's RNG state from a checkpoint, or None (with a warning) when the world size changed.
-
-    Checkpoints hold every rank's state (`rng_per_rank`); older ones only rank 0's (`rng`), which is
-    right for a single process only.
-    """
-    per_rank = state.get("rng_per_rank")
-    if per_rank is not None and len(per_rank) == dist.world_size:
-        return per_rank[dist.rank]
-    if per_rank is None and dist.world_size == 1:
-        return state.get("rng")
-    saved = len(per_rank) if per_rank is not None else "unknown"
-    if log:
-        log(f"warning: checkpoint RNG states are from world size {saved}, this run has {dist.world_size}: "
-            f"the resumed epoch's augmentation draws differ from an uninterrupted run")
-    return None
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str = "cpu") -> float:
     """Top-1 accuracy in percent."""
@@ -121,37 +70,6 @@ def evaluate(model: nn.Module, loader, device: str = "cpu") -> float:
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(1, total)
-
-
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-_CHECKPOINTS_WRITTEN: dict[str, int] = {}
-
-
-def _crash_after_checkpoint_if_asked(stage: str) -> None:
-    """Test hook: VTPDEPLOY_CRASH_AFTER_CHECKPOINT=<stage>:<n> SIGKILLs this process right after the n-th
-    checkpoint of `stage` is written, so kill -9 resume tests need no polling and no sleeps."""
-    import os
-    import signal
-
-    spec = os.environ.get("VTPDEPLOY_CRASH_AFTER_CHECKPOINT")
-    if not spec:
-        return
-    _CHECKPOINTS_WRITTEN[stage] = _CHECKPOINTS_WRITTEN.get(stage, 0) + 1
-    if spec == f"{stage}:{_CHECKPOINTS_WRITTEN[stage]}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _load_checkpoint(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable resume checkpoint ({str(exc).splitlines()[0][:120]}); delete it to restart the stage") from None
 
 
 @dataclass
@@ -223,7 +141,7 @@ def fit(
         return History()
     say = log or (lambda msg: None)
     run = _Run.create(model, cfg, setup, len(make_loader(0, 0)), gate_lr, train_gates, device, description)
-    state = _load_checkpoint(checkpoint_path) if checkpoint_path else None
+    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
     if state is not None and state.get("stage_key") != stage_key:
         state = None  # a stale checkpoint of another stage configuration: start over
     start_epoch, start_micro = run.resume(state, say) if state is not None else (0, 0)
@@ -336,14 +254,14 @@ class _Run:
         per_rank = gather_objects(setup.dist, rng_state())
         if not setup.dist.is_main:
             return
-        _save_checkpoint(path, {
+        save_checkpoint(path, {
             "stage_key": stage_key, "epoch": epoch, "micro_step": micro, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "history": self.history.as_dict(), "rng": per_rank[0],
             "rng_per_rank": per_rank, "world_size": setup.dist.world_size,
             **({"ema": self.ema.module.state_dict()} if self.ema is not None else {}),
         })
-        _crash_after_checkpoint_if_asked(self.description)
+        crash_after_checkpoint_if_asked(self.description)
 
     def train_epoch(self, make_loader, epoch: int, skip: int, l1_lambda: float, mixup) -> None:
         """One epoch from micro-batch `skip`; appends its mean losses and wall time to the history."""

@@ -21,7 +21,7 @@ from .context import Context
 from ..data import preprocessing
 from .distributed import DistInfo, barrier, broadcast, check_device, init_distributed, shutdown
 from .events import EventLog
-from .loop import seed_everything
+from .checkpoints import seed_everything
 from .recipe import Recipe, dump_recipe, section_json
 from .rundir import RunDir
 from .setup import model_data_config, validate_inputs

@@ -12,7 +12,7 @@ from ..prune.arch import create_timm, describe
 from ..prune.gates import check_supported
 from ..prune.saving import load_weights
 from .epoch_log import require_tensorboard
-from .loop import seed_everything
+from .checkpoints import seed_everything
 from .recipe import Recipe
 
 

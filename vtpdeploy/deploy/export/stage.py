@@ -22,10 +22,8 @@ from ...fileio import atomic_write_json, sha256_file
 from ...prune.numerics import max_abs_diff, top1_agreement
 from ..sources import ModelSource
 from .config import ExportConfig
+from .heldout import heldout_set
 from .trt_versions import ONNX_FILE, onnx_for
-
-HELDOUT_MAX = 512
-
 
 def check_writable(out_dir: Path) -> Path:
     """Create `out_dir` and prove a file can be written there; one-line VtpError otherwise."""
@@ -38,29 +36,6 @@ def check_writable(out_dir: Path) -> Path:
     except OSError as exc:
         raise VtpError(f"cannot write to output dir {out_dir}: {exc.strerror or exc}") from None
     return out_dir
-
-
-def _run_split(source: ModelSource, split: str, limit: int) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Up to `limit` preprocessed (images, labels) of the run's `split`, or None without real data."""
-    if source.run_dir is None or not (source.run_dir / "recipe.yaml").is_file():
-        return None
-    from ...data import build_dataset, data_config_for, make_transform, run_data_section
-
-    try:
-        data = run_data_section(source.run_dir)
-    except Exception:
-        return None
-    if data.kind == "synthetic":
-        return None
-    cfg = data_config_for(source.data_config, data)
-    ds = build_dataset(data, split, make_transform(cfg), input_size=tuple(cfg["input_size"]))
-    n = min(limit, len(ds))
-    if n == 0:
-        return None
-    idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if n < len(ds) else np.arange(n)
-    xs, ys = zip(*(ds[int(i)] for i in idx))
-    x = np.stack([t.numpy() if hasattr(t, "numpy") else np.asarray(t) for t in xs]).astype(np.float32)
-    return x, np.asarray(ys, dtype=np.int64), f"{data.kind} {split} split"
 
 
 def _artifact(path: Path) -> dict[str, Any]:
@@ -115,7 +90,7 @@ def run_export(source: ModelSource, out_dir: str | Path, cfg: ExportConfig, cali
 
     out_dir = Path(out_dir)
     calib, trt_version = _check_before_work(source, out_dir, cfg, calib_dir)
-    heldout, heldout_kind = _heldout_set(source, heldout)
+    heldout, heldout_kind = heldout_set(source, heldout)
     x, inputs = _validation_inputs(source, cfg, heldout, heldout_kind, calib)
     model = source.model.eval()
     job = _Job(out_dir, cfg, x, torch_logits(model, x), threads, _new_report(source, cfg, inputs),
@@ -163,14 +138,6 @@ def _check_before_work(source: ModelSource, out_dir: Path, cfg: ExportConfig,
         trt_version = installed_version()[1]
     check_writable(out_dir)
     return calib, trt_version
-
-
-def _heldout_set(source: ModelSource, heldout: tuple[np.ndarray, np.ndarray] | None):
-    """(held-out images and labels, where they come from), or (None, None) without real data."""
-    if heldout is not None:
-        return heldout, "given held-out set"
-    split = _run_split(source, "val", HELDOUT_MAX)
-    return (split[:2], split[2]) if split is not None else (None, None)
 
 
 def _validation_inputs(source: ModelSource, cfg: ExportConfig, heldout, heldout_kind: str | None,
