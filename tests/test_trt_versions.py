@@ -175,14 +175,19 @@ def test_trtexec_branch(monkeypatch, tmp_path, onnx_files, version, precision):
     assert info["builder"] == "trtexec" and info["builder_flags"] == flags
 
 
+def use_builder(builder: str, monkeypatch, tmp_path, version: str, log) -> None:
+    """The stand-in TensorRT `version` behind the Python builder or behind trtexec."""
+    if builder == "python":
+        use_python_trt(monkeypatch, version, log)
+    else:
+        use_trtexec(monkeypatch, tmp_path, version, log)
+
+
 @pytest.mark.parametrize("builder", ["python", "trtexec"])
 def test_trt10_strongly_typed_from_typed_onnx(monkeypatch, tmp_path, onnx_files, builder):
     """10.x builds an explicitly typed ONNX (fp16, fp16 Q/DQ) strongly typed, without the FP16/INT8 flags."""
     log = tmp_path / "calls.jsonl"
-    if builder == "python":
-        use_python_trt(monkeypatch, "10", log)
-    else:
-        use_trtexec(monkeypatch, tmp_path, "10", log)
+    use_builder(builder, monkeypatch, tmp_path, "10", log)
     for precision, kind in (("fp16", "fp16"), ("int8", "int8-fp16")):
         info = build_engine(onnx_files[kind], tmp_path / f"{kind}.engine", precision=precision,
                             input_shape=[2, 3, 4, 4], builder=builder)
@@ -199,10 +204,7 @@ def test_trt10_strongly_typed_from_typed_onnx(monkeypatch, tmp_path, onnx_files,
 def test_trt11_int8_from_fp32_qdq_is_noted(monkeypatch, tmp_path, onnx_files, builder):
     """11 builds a fp32 Q/DQ model (valid), but records that its float ops stay fp32."""
     log = tmp_path / "calls.jsonl"
-    if builder == "python":
-        use_python_trt(monkeypatch, "11", log)
-    else:
-        use_trtexec(monkeypatch, tmp_path, "11", log)
+    use_builder(builder, monkeypatch, tmp_path, "11", log)
     info = build_engine(onnx_files["int8"], tmp_path / "m.engine", precision="int8", input_shape=[2, 3, 4, 4])
     assert info["strongly_typed"] and any("fp32" in n and ONNX_FILE["int8-fp16"] in n for n in info["notes"])
 
@@ -210,10 +212,7 @@ def test_trt11_int8_from_fp32_qdq_is_noted(monkeypatch, tmp_path, onnx_files, bu
 @pytest.mark.parametrize("builder", ["python", "trtexec"])
 def test_dynamic_batch_profile(monkeypatch, tmp_path, onnx_files, builder):
     log = tmp_path / "calls.jsonl"
-    if builder == "python":
-        use_python_trt(monkeypatch, "8.6", log)
-    else:
-        use_trtexec(monkeypatch, tmp_path, "8.6", log)
+    use_builder(builder, monkeypatch, tmp_path, "8.6", log)
     info = build_engine(onnx_files["dynamic"], tmp_path / "d.engine", precision="fp32",
                         input_shape=["batch", 3, 4, 4], batch_range=(1, 8, 32))
     assert info["shapes"] == {"min": [1, 3, 4, 4], "opt": [8, 3, 4, 4], "max": [32, 3, 4, 4]}
