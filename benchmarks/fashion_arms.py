@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,18 @@ class Study:
 # -- data and evaluation -----------------------------------------------------------------------------------------
 def data_config(study: Study) -> dict:
     """The preprocessing every arm is trained and tested with: the recipe's, on the base model."""
+    return _data_config(study.base, study.overrides)
+
+
+@lru_cache(maxsize=2)
+def _data_config(base: Path, overrides: tuple[str, ...]) -> dict:
+    # Loads the base model: asked for by every arm's training, test and export, so read once per study.
     from vtpdeploy.data import data_config_for
     from vtpdeploy.prune.arch import describe
+    from vtpdeploy.train.recipe import load_recipe
 
-    return data_config_for(describe(vtpdeploy.load(study.base / "unpruned")).data_config, study.recipe().data)
+    model_config = describe(vtpdeploy.load(base / "unpruned")).data_config
+    return data_config_for(model_config, load_recipe(RECIPE, list(overrides)).data)
 
 
 def test_set(study: Study):

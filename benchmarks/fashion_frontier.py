@@ -140,7 +140,7 @@ def time_models(study: fa.Study, rows: list[dict], duration_s: float, backends: 
     return json.loads(report.read_text())
 
 
-def targets(rows: list[dict], summary: list[dict], base_train_s: float | None) -> list[dict]:
+def targets(rows: list[dict], base_train_s: float | None) -> list[dict]:
     """The issue's targets, each with the numbers that decide it (met: true/false/None = not enough arms)."""
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     unpruned = next((r for r in fp32 if r["family"] == "unpruned"), None)
@@ -207,7 +207,7 @@ def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: P
     summary = fr.summarise(rows)
     manifest = json.loads((study.base / "manifest.json").read_text())
     base_train_s = manifest["stages"].get("train", {}).get("duration_s")
-    goals = targets(rows, summary, base_train_s)
+    goals = targets(rows, base_train_s)
     figure = fr.plot_frontier(summary, study.out / "fashion_mnist_frontier.png")
     errors = sorted(str(p.parent.relative_to(study.out)) for p in (study.out / "arms").glob("*/*/error.txt")
                     if not (p.parent / "result.json").is_file())
