@@ -221,3 +221,39 @@ def test_export_config_forbids_unknown_keys():
     assert ExportConfig().opset == 17 and ExportConfig().atol == 1e-4 and not ExportConfig().enabled
     with pytest.raises(ValidationError):
         ExportConfig(opsett=16)
+
+
+class _RmsNormAndInterleave(torch.nn.Module):
+    """RMSNorm (AIMv2) and an interleaving repeat on a rank-4 tensor next to a rank-3 op on the same -1 (mixed
+    RoPE): the two ops the legacy exporter needed a decomposition for at opset 17."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.RMSNorm(8)
+        self.register_buffer("index", torch.tensor([6, 0, 3]))
+
+    def forward(self, x):
+        y = self.norm(x.flatten(2).transpose(1, 2))  # (B, 16, 8)
+        rope = y.reshape(y.shape[0], 2, 16, 4).repeat_interleave(2, -1)  # (B, 2, 16, 8)
+        return (rope.sum(1) + y).index_select(-1, self.index).flatten(1)
+
+
+def test_exporter_decomposes_rms_norm_and_negative_repeat_interleave(tmp_path):
+    from vtpdeploy.deploy.export import export_onnx
+    from vtpdeploy.deploy.export.symbolics import SYMBOLICS
+
+    try:
+        from torch.onnx._internal.torchscript_exporter import registration
+    except ImportError:  # torch < 2.9
+        from torch.onnx._internal import registration
+
+    torch.manual_seed(0)
+    model = _RmsNormAndInterleave().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 8, 4, 4)
+    result = export_onnx(model, tmp_path / "m.onnx", batch=2, sample=x, simplify=False, openvino=False, atol=1e-5)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert {"ReduceMean", "Sqrt"} <= ops and result.validations[0]["max_abs_diff"] <= 1e-5
+    # Registered only while exporting: torch's own symbolics are back afterwards.
+    assert not any(registration.registry.get_function_group(name)._functions.overridden(17) for name in SYMBOLICS)

@@ -156,9 +156,11 @@ def _torch_version() -> tuple[int, int]:
 
 
 def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
+    from .symbolics import exporter_symbolics
+
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     try:
-        with quiet():
+        with quiet(), exporter_symbolics(opset):
             torch.onnx.export(
                 model,
                 (dummy,),
