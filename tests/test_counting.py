@@ -64,3 +64,15 @@ def test_deit_base_matches_the_paper():
     c = count(make_vit("deit_base_patch16_224"))
     assert c["params"] == pytest.approx(86.6e6, abs=0.1e6)
     assert c["macs"] == pytest.approx(17.6e9, abs=0.1e9)
+
+
+def test_count_a_model_that_expands_a_parameter_under_no_grad():
+    """Perception Encoder's attention pool expands its latent query (a parameter) inside forward: FlopCounterMode's
+    module tracker failed on that view ("Expected gradient function to be set"). Counting leaves requires_grad as
+    it was."""
+    model = make_vit("vit_pe_core_tiny_patch16_384", img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+    model.blocks[0].norm1.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    c = count(model)
+    assert c["params"] == sum(p.numel() for p in model.parameters()) and c["macs"] > 0
+    assert [p.requires_grad for p in model.parameters()] == flags

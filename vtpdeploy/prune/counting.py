@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.utils import flop_counter
@@ -32,6 +35,21 @@ def _input_shape(model: nn.Module, img_size) -> tuple[int, int, int, int]:
     return (1, chans, int(img_size[0]), int(img_size[1]))
 
 
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with requires_grad off on every parameter, restored after. FlopCounterMode's module tracker hooks
+    the inputs that require grad, and fails on a view of a parameter taken under no_grad (it has no grad_fn):
+    Perception Encoder's attention pool expands its latent query that way."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 @torch.no_grad()
 def count(model: nn.Module, img_size: int | tuple[int, int] | None = None) -> dict[str, int]:
     """{'params', 'macs'} for one image; gates count as params, gate multiplies are not MACs."""
@@ -42,7 +60,7 @@ def count(model: nn.Module, img_size: int | tuple[int, int] | None = None) -> di
     was_training = model.training
     model.eval()
     try:
-        with flop_counter.FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
+        with frozen(model), flop_counter.FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
             model(x)
     finally:
         model.train(was_training)

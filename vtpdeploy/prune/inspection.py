@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils import flop_counter
 
-from .counting import _custom_mapping, _input_shape, count
+from .counting import _custom_mapping, _input_shape, count, frozen
 from .sites import GATE_KINDS, SITES, read_block_dims
 
 
@@ -39,7 +39,7 @@ def block_table(model: nn.Module, img_size) -> tuple[list[dict], dict]:
 
     counter = flop_counter.FlopCounterMode(display=False, depth=None, custom_mapping=_custom_mapping())
     x = torch.zeros(_input_shape(model, img_size), dtype=next(model.parameters()).dtype)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), frozen(model), counter:
         model.eval()(x)
     by_module = counter.get_flop_counts()
     prefix = type(model).__name__
