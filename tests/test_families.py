@@ -15,7 +15,7 @@ import torch
 from conftest import randomize_gates, randomize_head
 
 import vtpdeploy
-from vtpdeploy.errors import UnsupportedModelError, VtpError
+from vtpdeploy.errors import UnsupportedModelError
 from vtpdeploy.prune.arch import create_timm
 from vtpdeploy.prune.sites import full_sites
 
@@ -35,7 +35,7 @@ class Family:
     refused: str = ""  # the words the one-line refusal contains
     kwargs: dict = field(default_factory=lambda: dict(SMALL))
     rate: float = 0.4  # of all gated dims; lower where sites behind a norm stay full
-    export_error: str = ""  # the exporter's one-line error where even the unpruned model does not export
+    e2e: bool = False  # run end to end by tests/test_family_pipeline.py (pipeline, export, INT8, readiness, planner)
 
 
 FAMILIES = [
@@ -46,28 +46,28 @@ FAMILIES = [
     Family("SigLIP (MAP head)", "vit_base_patch16_siglip_224"),
     Family("DINOv2 with registers", "vit_small_patch14_reg4_dinov2"),
     Family("ViT, GAP + registers", "vit_betwixt_patch16_reg4_gap_256"),
-    Family("ViT, qk-norm", "vit_tiny_patch16_224", kwargs={**SMALL, "qk_norm": True}),
+    Family("ViT, qk-norm", "vit_tiny_patch16_224", kwargs={**SMALL, "qk_norm": True}, e2e=True),
     Family("ViT, bias-free projections", "vit_tiny_patch16_224", kwargs={**SMALL, "proj_bias": False}),
     Family("ViT, scale-norms (BEiT-3 style)", "vit_tiny_patch16_224",
            "qkv inputs, fc1 inputs (V dims and hidden units sit behind a norm: kept full)",
            kwargs={**SMALL, "scale_attn_norm": True, "scale_mlp_norm": True}, rate=0.25),
-    Family("DINOv2-giant (SwiGLUPacked)", "vit_giant_patch14_dinov2", ALL_SITES + " (gate/value rows paired)"),
+    Family("DINOv2-giant (SwiGLUPacked)", "vit_giant_patch14_dinov2", ALL_SITES + " (gate/value rows paired)",
+           e2e=True),
     Family("AIMv2 (SwiGLU, RMSNorm, bias-free)", "aimv2_large_patch14_224", ALL_SITES + " (gate/value rows paired)",
-           export_error="aten::rms_norm"),
+           e2e=True),
     Family("Hybrid ResNet stem", "vit_tiny_r_s16_p8_224", ALL_SITES + " (the CNN stem is kept)",
-           kwargs={**HYBRID, "patch_size": 1}),
+           kwargs={**HYBRID, "img_size": 32, "patch_size": 2}, e2e=True),  # stride-4 stem: 4x4 tokens
     Family("Hybrid MobileCLIP stem", "vit_base_mci_224", ALL_SITES + " (the CNN stem is kept)",
            kwargs={**HYBRID, "embed_dim": 768, "mlp_ratio": 0.25}),  # the stem's 768 channels are the embedding
-    Family("EVA-02 (RoPE, SwiGLU)", "eva02_tiny_patch14_224", ALL_SITES + " (gate/value rows paired)"),
+    Family("EVA-02 (RoPE, SwiGLU)", "eva02_tiny_patch14_224", ALL_SITES + " (gate/value rows paired)", e2e=True),
     Family("EVA-02 with MLP inner norm", "eva02_base_patch14_224",
            "qkv inputs, V dims, fc1 inputs (hidden units behind the inner norm: kept full)"),
-    Family("DINOv3", "vit_small_patch16_dinov3"),
+    Family("DINOv3", "vit_small_patch16_dinov3", e2e=True),
     Family("DINOv3 SwiGLU", "vit_small_plus_patch16_dinov3", ALL_SITES + " (gate/value rows paired)"),
-    Family("RoPE ViT", "vit_small_patch16_rope_224"),
-    Family("RoPE ViT, mixed (per-head) RoPE", "vit_small_patch16_rope_mixed_224",
-           export_error="ShapeInferenceError"),
+    Family("RoPE ViT", "vit_small_patch16_rope_224", e2e=True),
+    Family("RoPE ViT, mixed (per-head) RoPE", "vit_small_patch16_rope_mixed_224", e2e=True),
     Family("RoPE ViT, GAP + register", "vit_medium_patch16_rope_reg1_gap_256"),
-    Family("Perception Encoder", "vit_pe_core_tiny_patch16_384"),
+    Family("Perception Encoder", "vit_pe_core_tiny_patch16_384", e2e=True),
     Family("ResNet (not a ViT)", "resnet18", "", "not a timm VisionTransformer or Eva", {}),
     Family("ViT, residual post-norm blocks", "vit_base_patch16_rpn_224", "", "block 0 is ResPostBlock"),
     Family("ViT, parallel blocks", "vit_small_patch16_18x2_224", "", "block 0 is ParallelThingsBlock"),
@@ -138,12 +138,6 @@ def _onnx_parity(f: Family, tmp_path, openvino: bool = False) -> None:
     from vtpdeploy.deploy.export import export_onnx
 
     small, x, _ = _pruned_pair(f)
-    if f.export_error:  # the legacy exporter cannot write this family (pruned or not): one line, no file
-        with pytest.raises(VtpError, match=f.export_error) as info:
-            export_onnx(small.float(), tmp_path / "model.onnx", batch=1, simplify=False, openvino=False,
-                        sample=x.float())
-        assert "\n" not in str(info.value) and not (tmp_path / "model.onnx").exists()
-        return
     result = export_onnx(small.float(), tmp_path / "model.onnx", batch=1, simplify=False, openvino=openvino,
                          sample=x.float(), atol=1e-4)
     backends = [v["backend"] for v in result.validations]
@@ -210,39 +204,62 @@ def test_latency_ladder_keeps_the_sites_behind_a_norm_full():
     assert all(kept < size for (_, kind), (kept, size) in widths.items() if kind in ("qkv_in", "mlp_in"))
 
 
+INTRO = [
+    "# Supported models",
+    "",
+    "Generated from `tests/test_families.py` (`PYTHONPATH=$PWD python tests/test_families.py`), which builds each",
+    "family small (random init, depth 2) and checks gates, plan, compaction against the hard mask in fp64",
+    "(<= 1e-9), save/load and ONNX Runtime parity (<= 1e-4); refused families must fail in one line.",
+    "",
+    "Two block maps stand behind `prune/sites.py`: timm's `VisionTransformer` (any patch or hybrid CNN stem; the",
+    "stem is kept as it is and the transformer behind it is pruned) and timm's `Eva` (EVA-02, DINOv3, RoPE ViTs,",
+    "Perception Encoder; `prune/families.py` fuses its q/k/v projections into one `qkv`). Both get the same four",
+    "gates per block, and the width profiles apply unchanged. Q/K are never pruned, so qk-norm and RoPE are copied",
+    "into the compact attention as they are. In a GLU MLP (SwiGLU, GeGLU, `GluMlp`) one gate on each hidden unit",
+    "keeps or drops its gate and value rows of fc1 together. Linears without a bias compact like biased ones.",
+    "",
+    "## Sites behind a norm",
+    "",
+    "A norm that normalises over the gated features themselves (the attention scale-norm over all heads' V dims,",
+    "BEiT-3 / `scale_attn_norm`; the MLP inner norm over the hidden units, EVA-02 `scale_mlp` / `scale_mlp_norm`)",
+    "makes pruning that site inexact: a removed feature changes the norm's statistics. The gate sits after the",
+    "norm (on the Linear input, like every VTP gate), and every plan keeps that site full (`sites.full_sites`);",
+    "the other sites remove its share, so the plan still removes the requested rate of all gated dims when it can,",
+    "and says how much can go when it cannot. Compact and hard-mask models stay exactly equal.",
+    "",
+    "## End to end",
+    "",
+    "One family per new block layout runs the whole tool in `tests/test_family_pipeline.py`: `vtpdeploy pipeline",
+    "recipes/quickstart.yaml` (digits) with `--set model.name=NAME --set model.kwargs=...` (the small kwargs below,",
+    "one epoch of sparse training and of fine-tuning), exporting ONNX with ONNX Runtime and OpenVINO (f32) parity",
+    "(<= 1e-4), INT8 (QDQ, TensorRT-valid) and the TensorRT readiness report (every op native on TensorRT 10);",
+    "then the latency-guided planner plans the run's gated model to a target on a latency table (an injected",
+    "measurement), and that plan compacts exactly. In the table, ✓ is checked per family (for the classic ViT by",
+    "the pipeline's own tests), · is not checked per family (the same block map and modules as a checked one).",
+    "",
+    "Two ops needed an exporter-time decomposition (`deploy/export/symbolics.py`, registered only while",
+    "exporting): `aten::rms_norm` (AIMv2; ONNX has `RMSNormalization` only from opset 23) and a negative-dim",
+    "`aten::repeat_interleave` (mixed RoPE), whose torch symbolic rewrote a constant that other ops share. The",
+    "unpruned mixed-RoPE model still does not export (timm's `AttentionRope` hands SDPA a traced `is_causal`",
+    "tensor: a one-line error); its compact model does, and that is what the pipeline exports.",
+    "",
+]
+STAGES = ["prune/compact", "ONNX/ORT", "OpenVINO", "INT8", "readiness", "planner"]
+
+
+def _stage_cells(f: Family) -> list[str]:
+    checked = f.e2e or f.family == "ViT (classic)"
+    return ["exact", "✓"] + ["✓" if checked else "·"] * (len(STAGES) - 2)
+
+
 def render_models_md() -> str:
     """docs/models.md from FAMILIES."""
-    lines = [
-        "# Supported models",
-        "",
-        "Generated from `tests/test_families.py` (`PYTHONPATH=$PWD python tests/test_families.py`), which builds each",
-        "family small (random init, depth 2) and checks gates, plan, compaction against the hard mask in fp64",
-        "(<= 1e-9), save/load and ONNX Runtime parity (<= 1e-4); refused families must fail in one line.",
-        "",
-        "Two block maps stand behind `prune/sites.py`: timm's `VisionTransformer` (any patch or hybrid CNN stem; the",
-        "stem is kept as it is and the transformer behind it is pruned) and timm's `Eva` (EVA-02, DINOv3, RoPE ViTs,",
-        "Perception Encoder; `prune/families.py` fuses its q/k/v projections into one `qkv`). Both get the same four",
-        "gates per block, and the width profiles apply unchanged. Q/K are never pruned, so qk-norm and RoPE are copied",
-        "into the compact attention as they are. In a GLU MLP (SwiGLU, GeGLU, `GluMlp`) one gate on each hidden unit",
-        "keeps or drops its gate and value rows of fc1 together. Linears without a bias compact like biased ones.",
-        "",
-        "## Sites behind a norm",
-        "",
-        "A norm that normalises over the gated features themselves (the attention scale-norm over all heads' V dims,",
-        "BEiT-3 / `scale_attn_norm`; the MLP inner norm over the hidden units, EVA-02 `scale_mlp` / `scale_mlp_norm`)",
-        "makes pruning that site inexact: a removed feature changes the norm's statistics. The gate sits after the",
-        "norm (on the Linear input, like every VTP gate), and every plan keeps that site full (`sites.full_sites`);",
-        "the other sites remove its share, so the plan still removes the requested rate of all gated dims when it can,",
-        "and says how much can go when it cannot. Compact and hard-mask models stay exactly equal.",
-        "",
-        "| family | example timm name | pruned |",
-        "|---|---|---|",
-    ]
+    lines = INTRO + ["| family | example timm name | pruned | " + " | ".join(STAGES) + " |",
+                     "|---" * (3 + len(STAGES)) + "|"]
     for f in SUPPORTED:
         extra = {k: v for k, v in f.kwargs.items() if k not in {**SMALL, **HYBRID, "mlp_ratio": 0}}
         note = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
-        export = f" ONNX export fails in one line (`{f.export_error}`, the unpruned model too)" if f.export_error else ""
-        lines.append(f"| {f.family} | `{f.name}`{note} | {f.pruned}.{export} |")
+        lines.append(f"| {f.family} | `{f.name}`{note} | {f.pruned}. | " + " | ".join(_stage_cells(f)) + " |")
     lines += ["", "## Refused (one-line error at `add_gates`)", "", "| family | example timm name | reason |",
               "|---|---|---|"]
     for f in REFUSED:

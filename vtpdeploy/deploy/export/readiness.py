@@ -31,6 +31,10 @@ OP_SUPPORT: dict[str, tuple[int, str]] = {
     "Less": (9, "8.5"), "Greater": (9, "8.5"), "Not": (1, "8.5"), "Tile": (6, "8.5"), "Max": (8, "8.5"),
     "Min": (8, "8.5"), "Neg": (1, "8.5"), "Clip": (11, "8.5"), "GlobalAveragePool": (1, "8.5"),
     "QuantizeLinear": (13, "8.5"), "DequantizeLinear": (13, "8.5"),
+    "MaxPool": (1, "8.5"),  # hybrid CNN stems
+    # Weight-standardised convs of hybrid ResNet stems (timm StdConv2d); 8.5's parser maps it to the
+    # InstanceNormalization_TRT plugin, 8.6 added the native INormalizationLayer path (default from 10).
+    "InstanceNormalization": (6, "8.6"),
     "LayerNormalization": (17, "8.6"),  # native INormalizationLayer from TRT 8.6; 8.5's parser lacks it
     "Gelu": (20, "10"),
     "GroupNormalization": (18, "8.6"),  # native from TRT 8.6 (8.6 release notes); needs opset 18, so 10+ parses it
