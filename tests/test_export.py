@@ -257,3 +257,16 @@ def test_exporter_decomposes_rms_norm_and_negative_repeat_interleave(tmp_path):
     assert {"ReduceMean", "Sqrt"} <= ops and result.validations[0]["max_abs_diff"] <= 1e-5
     # Registered only while exporting: torch's own symbolics are back afterwards.
     assert not any(registration.registry.get_function_group(name)._functions.overridden(17) for name in SYMBOLICS)
+
+
+def test_unpruned_eva_exports(tmp_path):
+    """Eva's forward(x, attn_mask=None, is_causal=False): the legacy exporter traced the bool default as an input
+    and SDPA got a tensor; the exporter traces the model behind a forward(x)."""
+    from vtpdeploy.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    model = make_vit("vit_small_patch16_rope_mixed_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
+                     num_heads=3, num_classes=10)
+    result = export_onnx(model, tmp_path / "m.onnx", simplify=False, openvino=False)
+    assert [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input] == ["input"]
+    assert result.validations[0]["max_abs_diff"] <= 1e-4

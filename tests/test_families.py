@@ -239,9 +239,9 @@ INTRO = [
     "",
     "Two ops needed an exporter-time decomposition (`deploy/export/symbolics.py`, registered only while",
     "exporting): `aten::rms_norm` (AIMv2; ONNX has `RMSNormalization` only from opset 23) and a negative-dim",
-    "`aten::repeat_interleave` (mixed RoPE), whose torch symbolic rewrote a constant that other ops share. The",
-    "unpruned mixed-RoPE model still does not export (timm's `AttentionRope` hands SDPA a traced `is_causal`",
-    "tensor: a one-line error); its compact model does, and that is what the pipeline exports.",
+    "`aten::repeat_interleave` (mixed RoPE), whose torch symbolic rewrote a constant that other ops share. And",
+    "the exporter traces a model behind a `forward(x)`: Eva's `forward(x, attn_mask=None, is_causal=False)` had",
+    "its bool default traced as a tensor input, so no unpruned Eva-class model exported (the compact ones did).",
     "",
 ]
 STAGES = ["prune/compact", "ONNX/ORT", "OpenVINO", "INT8", "readiness", "planner"]

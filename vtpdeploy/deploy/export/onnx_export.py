@@ -155,6 +155,24 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+class _ImageOnly(nn.Module):
+    """`model` behind a forward(x): the legacy exporter traces every default of a forward's further parameters
+    as an input, and Eva's `is_causal=False` reached SDPA as a tensor (the unpruned Eva-class models)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _image_only(model: nn.Module) -> nn.Module:
+    """`model` itself when its forward takes nothing but the image (or only None defaults), else `_ImageOnly`."""
+    extra = list(inspect.signature(model.forward).parameters.values())[1:]
+    return model if all(p.default is None for p in extra if p.kind is p.POSITIONAL_OR_KEYWORD) else _ImageOnly(model)
+
+
 def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, dynamic_batch: bool) -> None:
     from .symbolics import exporter_symbolics
 
@@ -162,7 +180,7 @@ def _torch_export(model: nn.Module, dst: Path, dummy: torch.Tensor, opset: int, 
     try:
         with quiet(), exporter_symbolics(opset):
             torch.onnx.export(
-                model,
+                _image_only(model),
                 (dummy,),
                 str(dst),
                 **legacy_exporter_kwargs(),
