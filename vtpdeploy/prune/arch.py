@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import nn
@@ -12,7 +12,8 @@ from .sites import image_chans, read_dims, site, unwrap
 
 
 class BlockWidths(BaseModel):
-    """Widths of one compact block: kept qkv inputs, V dims per head, kept fc1 inputs, hidden width."""
+    """Widths of one compact block: kept qkv inputs, V dims per head, kept fc1 inputs, hidden width, and the Q/K
+    dims per head (None: the source head dim in every live head; tied Q/K: the V dims)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -20,6 +21,15 @@ class BlockWidths(BaseModel):
     v_dims: list[int]
     mlp_in: int
     mlp_hidden: int
+    qk_dims: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_full_qk(self, handler):
+        # Models saved before qk_dims existed keep byte-identical architecture files.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("qk_dims") is None:
+            data.pop("qk_dims", None)
+        return data
 
 
 class ArchSpec(BaseModel):
@@ -36,13 +46,17 @@ class ArchSpec(BaseModel):
     data_config: dict[str, Any] = Field(default_factory=dict)
     # True: the residual stream is reordered so every block's kept LayerNorm outputs are a prefix (sliced).
     input_slices: bool = False
+    # The gate layout of a gated model (`gates.add_gates`): "tied" when the attn_v gates also scale Q.
+    qk_dims: Literal["full", "tied"] = "full"
 
     @model_serializer(mode="wrap")
     def _omit_default_slices(self, handler):
-        # Models saved before input_slices existed keep byte-identical architecture files.
+        # Models saved before input_slices / qk_dims existed keep byte-identical architecture files.
         data = handler(self)
         if isinstance(data, dict) and not data.get("input_slices"):
             data.pop("input_slices", None)
+        if isinstance(data, dict) and data.get("qk_dims") == "full":
+            data.pop("qk_dims", None)
         return data
 
 
@@ -118,12 +132,12 @@ def describe(model: nn.Module) -> ArchSpec:
     """ArchSpec for a timm ViT created with timm.create_model (gated or plain)."""
     from timm.data import resolve_data_config
 
-    from .gates import iter_gates
+    from .gates import iter_gates, qk_layout
 
     gated = any(True for _ in iter_gates(model))
     known = getattr(model, "vtp_spec", None)
     if isinstance(known, ArchSpec):
-        return known.model_copy(update={"gated": gated}, deep=True)
+        return known.model_copy(update={"gated": gated, "qk_dims": qk_layout(model)}, deep=True)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = cfg.get("architecture")
     if not name:
@@ -138,5 +152,6 @@ def describe(model: nn.Module) -> ArchSpec:
         name=name,
         kwargs=infer_kwargs(model),
         gated=gated,
+        qk_dims=qk_layout(model),
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     )

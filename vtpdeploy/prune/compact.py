@@ -1,9 +1,10 @@
 """Compaction: rebuild a gated ViT as a smaller ViT with no gates, from a prune plan.
 
 Pruned dims are removed from the weights; kept gate values (and LayerScale) are folded into the
-adjacent Linear weights. Attention keeps full-width Q/K (VTP gates only touch V) and supports heads
-with uneven V dims (a paper-faithful plan can leave them) by padding V per head inside the kernel
-call and gathering the real columns before proj. A head with no kept V dim has no output, so it is
+adjacent Linear weights. Attention keeps full-width Q/K (VTP gates only touch V) unless the model has
+tied Q/K gates (`gates.TiedQKGatedLinear`): then each head keeps the same Q, K and V dims, and the attn_v
+gate folds into the Wq rows too. It supports heads with uneven V (and tied Q/K) dims (a paper-faithful plan
+can leave them) by padding them per head inside the kernel call and gathering the real V columns before proj. A head with no kept V dim has no output, so it is
 removed whole: its Q/K rows go, and with them its QK^T, softmax and share of the reshapes. An attention
 whose every head is dead, or an MLP with no hidden unit (`drop_sublayers` plans), outputs only its constant
 proj / fc2 bias: the block adds that bias and skips the sublayer, its LayerNorm included (`removed`).
@@ -23,7 +24,7 @@ from ..errors import CheckpointError, PlanError
 from .arch import ArchSpec, BlockWidths, create_timm, describe
 from .compact_blocks import CompactAttention, CompactBlock, CompactMlp
 from .families import prepare
-from .gates import check_supported, iter_gates
+from .gates import TiedQKGatedLinear, check_supported, iter_gates, qk_layout
 from .plan import apply_mask
 from .residual import RestoreOrder, permute_outer, residual_order
 from .schema import PrunePlan
@@ -44,7 +45,7 @@ def build(spec: ArchSpec) -> nn.Module:
         if spec.input_slices:  # the trunk runs on a reordered residual stream; the final norm restores the order
             model.norm = RestoreOrder(model.norm, model.embed_dim)
     elif spec.gated:
-        add_gates(model)
+        add_gates(model, qk_dims=spec.qk_dims)
     model.vtp_spec = spec.model_copy(deep=True)
     return model
 
@@ -62,7 +63,7 @@ def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths, slice_inp
     rope = getattr(model, "rope", None) is not None and hasattr(attn, "num_prefix_tokens")
     compact_attn = CompactAttention(
         dim, widths.qkv_in, attn.num_heads, attn.head_dim, widths.v_dims,
-        bias=site_linear(ref, "qkv_in").bias is not None, slice_input=slice_input,
+        bias=site_linear(ref, "qkv_in").bias is not None, slice_input=slice_input, qk_dims=widths.qk_dims,
         q_norm=copy.deepcopy(attn.q_norm), k_norm=copy.deepcopy(attn.k_norm), norm=copy.deepcopy(attn.norm),
         rope_prefix=int(attn.num_prefix_tokens) if rope else None, rotate_half=bool(getattr(attn, "rotate_half", False)))
     compact_mlp = CompactMlp(
@@ -71,13 +72,15 @@ def _skeleton_block(model: nn.Module, index: int, widths: BlockWidths, slice_inp
     return CompactBlock(copy.deepcopy(ref.norm1), compact_attn, copy.deepcopy(ref.norm2), compact_mlp)
 
 
-def widths_from_plan(plan: PrunePlan) -> list[BlockWidths]:
+def widths_from_plan(plan: PrunePlan, tied_qk: bool = False) -> list[BlockWidths]:
+    """The compact widths of every block; `tied_qk`: Q/K keep each head's V dims (a tied Q/K gated model)."""
     return [
         BlockWidths(
             qkv_in=len(plan.gate(b, "qkv_in").kept),
             v_dims=plan.v_dims_per_head(b),
             mlp_in=len(plan.gate(b, "mlp_in").kept),
             mlp_hidden=len(plan.gate(b, "mlp_hidden").kept),
+            qk_dims=plan.v_dims_per_head(b) if tied_qk else None,
         )
         for b in range(plan.num_blocks)
     ]
@@ -137,17 +140,24 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
         return t if order is None else t.index_select(0, order.to(t.device))
 
     state: dict[str, torch.Tensor] = {}
-    # qkv: keep gated input columns (gate folded), the live heads' Q/K rows, kept V rows.
+    # qkv: keep gated input columns (gate folded), the live heads' Q/K rows (tied: the kept V dims' Q/K rows,
+    # the attn_v gate folded into Q), kept V rows.
     qkv = attn.qkv.linear
     k_in, k_v, hd = inputs("qkv_in"), kept("attn_v"), attn.head_dim
     live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
     qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=device) for h in live] or [k_v.new_empty(0)])
-    rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
+    tied = isinstance(attn.qkv, TiedQKGatedLinear)
+    rows = torch.cat([k_v, A + k_v, 2 * A + k_v] if tied else [qk_rows, A + qk_rows, 2 * A + k_v])
     if order is None:
         state[f"{prefix}attn.in_index"] = k_in.cpu()
-    state[f"{prefix}attn.qkv.weight"] = (qkv.weight[:, k_in] * attn.qkv.gate[k_in])[rows]
-    if qkv.bias is not None:
-        state[f"{prefix}attn.qkv.bias"] = qkv.bias[rows]
+    weight = (qkv.weight[:, k_in] * attn.qkv.gate[k_in])[rows]
+    bias = qkv.bias[rows] if qkv.bias is not None else None
+    if tied:  # the attn_v gate scales the Q rows of its dims
+        q_gate = torch.cat([attn.proj.gate[k_v], weight.new_ones(2 * len(k_v))])
+        weight, bias = weight * q_gate[:, None], bias * q_gate if bias is not None else None
+    state[f"{prefix}attn.qkv.weight"] = weight
+    if bias is not None:
+        state[f"{prefix}attn.qkv.bias"] = bias
     # proj: kept V columns with the attn_v gate folded; LayerScale folded into rows.
     proj = attn.proj.linear
     g1 = _layer_scale(block, 1, dim, proj.weight)
@@ -187,8 +197,8 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
     outer = permute_outer(state, order) if order is not None else None
     if outer is not None:  # None: no nested inputs, or a tensor outside the residual map; keep the gathers
         state, order_t = outer, torch.tensor(order, dtype=torch.long)
-    spec = describe(model).model_copy(update={"gated": False, "blocks": widths_from_plan(plan),
-                                              "input_slices": order_t is not None})
+    spec = describe(model).model_copy(update={"gated": False, "qk_dims": "full", "input_slices": order_t is not None,
+                                              "blocks": widths_from_plan(plan, qk_layout(model) == "tied")})
     for b, block in enumerate(model.blocks):
         state.update(_compact_block_state(block, plan, b, f"blocks.{b}.", order_t))
     device = next(model.parameters()).device

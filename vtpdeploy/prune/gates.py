@@ -3,19 +3,27 @@
 The paper's four gate places (`GATE_KINDS`) are Linear inputs of a timm ViT block; `sites` maps them.
 Gating the input of a Linear is what makes compaction exact: a zero gate removes one input column,
 and a kept gate value folds into that column.
+
+Under the tied Q/K layout (`add_gates(model, qk_dims="tied")`) the attn_v gate of a block also scales query
+dim j of head h (`TiedQKGatedLinear`): q·k sums over the head dims, so a zero gate removes Q, K and V dim j of
+head h exactly, and a kept value folds into the Wq row as it folds into the proj column.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import PlanError, UnsupportedModelError
 from . import families
 from .sites import GATE_KINDS, iter_sites, set_site, site
+
+QKDims = Literal["full", "tied"]
+QK_LAYOUTS: tuple[str, ...] = ("full", "tied")
 
 
 class GatedLinear(nn.Module):
@@ -73,21 +81,76 @@ class SharedGateLinear(nn.Module):
         return self.linear(x * self._source[0].gate)
 
 
-def add_gates(model: nn.Module) -> nn.Module:
+class TiedQKGatedLinear(GatedLinear):
+    """The qkv site under the tied Q/K layout: `linear(x * gate)`, then the Q rows of its output scaled by the
+    block's attn_v gate (one score per head and head dim, the same index as the Q dim).
+
+    The attn_v gate stays one parameter (the proj site's), held outside the module tree so it is saved and
+    counted once; timm's attention forward is untouched."""
+
+    def __init__(self, linear: nn.Linear, v_site: GatedLinear):
+        super().__init__(linear, "qkv_in")
+        self._v_site = (v_site,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x * self.gate)
+        v_gate = self._v_site[0].gate
+        return out * torch.cat([v_gate, v_gate.new_ones(out.shape[-1] - v_gate.numel())])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", tied_qk"
+
+
+def check_tied_qk(model: nn.Module) -> None:
+    """UnsupportedModelError (one line) where tying Q/K dims to the V gates is not exact: RoPE rotates pairs of
+    head dims into each other, and qk-norm normalises over the whole head dim."""
+    name = _label(model)
+    if getattr(model, "rope", None) is not None:
+        raise UnsupportedModelError(f"{name}: tied Q/K dims are not exact with RoPE (it mixes pairs of head dims); "
+                                    "use qk_dims full")
+    for i, block in enumerate(model.blocks):
+        for norm in ("q_norm", "k_norm"):
+            if not isinstance(getattr(block.attn, norm, None), (nn.Identity, type(None))):
+                raise UnsupportedModelError(f"{name}: block {i} uses qk-norm, over the whole head dim; tied Q/K "
+                                            "dims are not exact with it (use qk_dims full)")
+
+
+def add_gates(model: nn.Module, qk_dims: QKDims = "full") -> nn.Module:
     """Insert VTP gates (scores initialised to 1.0) at the four places of every block, in place.
 
-    Returns the model. Gating an already gated model raises.
+    `qk_dims="tied"`: the attn_v gates also scale the Q dims of the same head and index (`TiedQKGatedLinear`),
+    so plans prune Q/K head dims together with V. Returns the model. Gating an already gated model raises.
     """
+    if qk_dims not in QK_LAYOUTS:
+        raise UnsupportedModelError(f"unknown qk_dims {qk_dims!r}; use {' or '.join(QK_LAYOUTS)}")
     if any(True for _ in iter_gates(model)):
         raise UnsupportedModelError(f"{_label(model)}: model already has VTP gates")
     check_supported(model)
+    if qk_dims == "tied":
+        check_tied_qk(model)
     families.prepare(model)
     for block in model.blocks:
-        for kind in GATE_KINDS:
-            set_site(block, kind, GatedLinear(site(block, kind), kind))
+        gated = {kind: GatedLinear(site(block, kind), kind) for kind in GATE_KINDS}
+        if qk_dims == "tied":
+            gated["qkv_in"] = TiedQKGatedLinear(site(block, "qkv_in"), gated["attn_v"])
+        for kind, module in gated.items():
+            set_site(block, kind, module)
         if getattr(block.mlp, "fc1_g", None) is not None:
             block.mlp.fc1_g = SharedGateLinear(block.mlp.fc1_g, site(block, "mlp_in"))
     return model
+
+
+def qk_layout(model: nn.Module) -> QKDims:
+    """'tied' when the model's qkv sites scale Q by the attn_v gates (`TiedQKGatedLinear`), else 'full'."""
+    return "tied" if any(isinstance(site(b, "qkv_in"), TiedQKGatedLinear) for b in getattr(model, "blocks", ())) \
+        else "full"
+
+
+def refuse_tied_qk(model: nn.Module, what: str) -> None:
+    """PlanError (one line) when `model` has tied Q/K gates and `what` cannot plan or time them yet."""
+    if qk_layout(model) == "tied":
+        raise PlanError(f"{what} does not support tied Q/K dims yet (its tables time full Q/K heads); "
+                        "use prune.rate or prune.target_macs, or sparsify.qk_dims full")
 
 
 def iter_gates(model: nn.Module) -> Iterator[GateRef]:

@@ -147,18 +147,20 @@ class BlockDims:
 
     `size`: the built input width of each site; `kept`: the non-zero gates of a gated (or masked)
     site, else its built width; `v_dims`: the built V dims per head (uneven only in compact blocks);
+    `qk_dims`: the built Q/K dims per head (`head_dim` each, unless a compact block has tied Q/K dims);
     `num_heads`: the built heads (a compact block drops heads with no V dims: `removed_heads`);
     `removed_sublayers`: "attn" / "mlp" when a compact block has removed that sublayer whole (no kept dims).
     """
 
     num_heads: int
-    head_dim: int  # Q/K head dim (VTP never prunes Q/K)
+    head_dim: int  # the source's head dim (Q/K keep it unless tied: `qk_dims`)
     size: dict[str, int]
     kept: dict[str, int]
     v_dims: list[int]
     compact: bool
     removed_heads: int = 0
     removed_sublayers: tuple[str, ...] = ()
+    qk_dims: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def read_block_dims(block: nn.Module) -> BlockDims:
         size={kind: site_linear(block, kind).in_features for kind in GATE_KINDS},
         kept={kind: _kept(site(block, kind)) for kind in GATE_KINDS},
         v_dims=v_dims,
+        qk_dims=tuple(int(q) for q in getattr(attn, "qk_dims", None) or [attn.head_dim] * len(v_dims)),
         compact=compact,
         removed_heads=len(getattr(attn, "removed_heads", ())),
         removed_sublayers=tuple(p for p in _SUBLAYERS if getattr(getattr(block, p), "removed", False)),
