@@ -17,11 +17,14 @@ import numpy as np
 
 from ..deploy.export.onnx_export import export_onnx
 from ..errors import VtpError
+from ..prune.gates import refuse_tied_qk
 from ..prune.sites import read_dims
 
 
 def model_dims(model) -> dict:
-    """Shape facts a table depends on, from a (gated or plain) timm ViT."""
+    """Shape facts a table depends on, from a (gated or plain) timm ViT; PlanError for tied Q/K gates (the parts
+    time full Q/K heads)."""
+    refuse_tied_qk(model, "latency-guided planning")
     d = read_dims(model)
     return {"embed_dim": d.embed_dim, "num_heads": d.num_heads, "head_dim": d.head_dim, "mlp_hidden": d.mlp_hidden,
             "depth": d.depth, "tokens": d.tokens, "img_size": d.img_size, "in_chans": d.in_chans,

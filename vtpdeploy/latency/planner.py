@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
-from ..prune.gates import check_supported
+from ..prune.gates import check_supported, refuse_tied_qk
 from ..prune.plan import importance_scores
 from ..prune.schema import PrunePlan, WidthConstraints
 from ..prune.sites import full_site_keys, read_dims
@@ -71,6 +71,7 @@ def plan_for_latency(
     if correction <= 0:
         raise PlanError(f"latency correction must be > 0, got {correction}")
     check_supported(model)
+    refuse_tied_qk(model, "latency-guided planning")
     constraints = constraints or WidthConstraints()
     dims = read_dims(model)
     heads, hd, depth = dims.num_heads, dims.head_dim, dims.depth

@@ -31,11 +31,12 @@ from .schema import PrunePlan
 from .sites import site_linear
 
 
-def build(spec: ArchSpec) -> nn.Module:
-    """An untrained module skeleton for `spec` (random init; load weights afterwards)."""
+def build(spec: ArchSpec, base: nn.Module | None = None) -> nn.Module:
+    """An untrained module skeleton for `spec` (random init; load weights afterwards). `base`: a plain timm model
+    of `spec`'s name and kwargs to copy instead of creating one (MAC counts build many skeletons of one model)."""
     from .gates import add_gates
 
-    model = create_timm(spec.name, spec.kwargs)
+    model = copy.deepcopy(base) if base is not None else create_timm(spec.name, spec.kwargs)
     if spec.blocks is not None:
         if len(spec.blocks) != len(model.blocks):
             raise CheckpointError(f"architecture lists {len(spec.blocks)} blocks, model has {len(model.blocks)}")
@@ -182,6 +183,12 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
     return state
 
 
+def compact_spec(model: nn.Module, plan: PrunePlan, input_slices: bool = False) -> ArchSpec:
+    """The architecture of the compact model `plan` makes of the gated `model` (`input_slices`: see residual.py)."""
+    return describe(model).model_copy(update={"gated": False, "qk_dims": "full", "input_slices": input_slices,
+                                              "blocks": widths_from_plan(plan, qk_layout(model) == "tied")})
+
+
 @torch.no_grad()
 def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """A new, gate-free module in which every pruned dim is physically removed.
@@ -197,8 +204,7 @@ def compact(model: nn.Module, plan: PrunePlan) -> nn.Module:
     outer = permute_outer(state, order) if order is not None else None
     if outer is not None:  # None: no nested inputs, or a tensor outside the residual map; keep the gathers
         state, order_t = outer, torch.tensor(order, dtype=torch.long)
-    spec = describe(model).model_copy(update={"gated": False, "qk_dims": "full", "input_slices": order_t is not None,
-                                              "blocks": widths_from_plan(plan, qk_layout(model) == "tied")})
+    spec = compact_spec(model, plan, input_slices=order_t is not None)
     for b, block in enumerate(model.blocks):
         state.update(_compact_block_state(block, plan, b, f"blocks.{b}.", order_t))
     device = next(model.parameters()).device

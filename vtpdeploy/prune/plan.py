@@ -142,11 +142,8 @@ def plan(
         if granularity not in GRANULARITIES:
             raise PlanError(f"unknown granularity {granularity!r} (use {', '.join(GRANULARITIES)})")
         constraints = constraints.model_copy(update={"granularity": granularity}, deep=True)
-    scores = importance_scores(model, importance)
+    scores = ranking_scores(model, importance, constraints)
     attn = model.blocks[0].attn
-    if constraints.granularity == "head":
-        scores = {k: _head_mean_scores(s, attn.num_heads, attn.head_dim) if k[1] == "attn_v" else s
-                  for k, s in scores.items()}
     fixed = full_site_keys(model)
     ranked = {k: s for k, s in scores.items() if k[1] not in constraints.keep_full and k not in fixed}
     groups = _scope_groups(ranked, scope)
@@ -165,6 +162,24 @@ def plan(
         constraints=constraints,
         gates=gate_plans(scores, counts, constraints, attn.num_heads, attn.head_dim),
     )
+    result.check_consistent()
+    return result
+
+
+def ranking_scores(model: nn.Module, importance: Importance, constraints: WidthConstraints) -> dict[Key, torch.Tensor]:
+    """The scores `plan` ranks: `importance_scores`, with a head's mean for every V dim under head granularity."""
+    scores = importance_scores(model, importance)
+    attn = model.blocks[0].attn
+    if constraints.granularity == "head":
+        scores = {k: _head_mean_scores(s, attn.num_heads, attn.head_dim) if k[1] == "attn_v" else s
+                  for k, s in scores.items()}
+    return scores
+
+
+def with_counts(p: PrunePlan, scores: dict[Key, torch.Tensor], counts: dict[Key, int]) -> PrunePlan:
+    """`p` with other kept counts per gate (each a feasible count of its constraints), the dims re-selected."""
+    gates = gate_plans(scores, counts, p.constraints, p.num_heads, p.head_dim)
+    result = p.model_copy(update={"gates": gates}, deep=True)
     result.check_consistent()
     return result
 

@@ -17,9 +17,11 @@
 
 TensorRT fused-MHA limits the profiles encode: FP16 head dim % 8 == 0 and 16 ≤ d ≤ 256; INT8 head dim
 ∈ {16, 32, 64} and sequence length ≤ 512. VTP prunes only V dims (Q/K keep the model's head dim), so
-the per-head *V* dim is what a plan changes; `check_model` also checks the unpruned Q/K head dim
-against the same limits (DeiT's 64 passes every profile). Some fused kernels further need
-d_v == d_qk; then a pruned V head falls back to the unfused path — measure (vtpdeploy bench).
+the per-head *V* dim is what a plan changes; `check_model` also checks the Q/K head dims against the same
+limits (DeiT's unpruned 64 passes every profile). Some fused kernels further need d_v == d_qk; then a
+pruned V head falls back to the unfused path — measure (vtpdeploy bench). Under tied Q/K gates
+(`add_gates(model, qk_dims="tied")`) each head keeps the same Q/K and V dims, so d_v == d_qk, and the
+per-head width the profile allows (`v_head_dims`, `round_to["attn_v"]`) is the Q/K head dim too.
 
 `cpu-nogather` moves the input-side share of the rate (qkv_in, mlp_in) to the V and MLP hidden dims:
 every block reads the full LayerNorm output, so the compact model has no `index_select` before qkv
@@ -189,8 +191,9 @@ def check_model(model: nn.Module, constraints: WidthConstraints, tokens: int | N
         if c.shared_input_order and (model.blocks[i].attn.gather_input or model.blocks[i].mlp.gather_input):
             bad.append(f"blocks.{i}: gathers its LayerNorm output; profile {c.profile} slices it")
         qk = limits.get("qk_head_dims")
-        if qk is not None and blk.head_dim not in qk and "attn" not in blk.removed_sublayers:
-            bad.append(f"blocks.{i}: Q/K head dim {blk.head_dim} not in the fused-MHA set for {c.profile}")
+        for d in sorted(set(blk.qk_dims)) if qk is not None else ():  # tied Q/K: the kept dims of each head
+            if d not in qk:
+                bad.append(f"blocks.{i}: Q/K head dim {d} not in the fused-MHA set for {c.profile}")
     max_seq = limits.get("max_seq")
     tokens = dims.tokens if tokens is None else tokens
     if max_seq is not None and tokens is not None and tokens > max_seq:

@@ -66,6 +66,18 @@ class SparsifySection(OptimSection):
     epochs: int = Field(8, ge=0)
     lr: float = Field(2e-4, gt=0)
     warmup_epochs: int = Field(0, ge=0)
+    qk_dims: Literal["full", "tied"] = Field(
+        "full", description="gate layout: full keeps every Q/K head dim (the paper); tied lets the attn_v gate of "
+        "head h, dim j also scale query dim j, so plans remove Q, K and V dim j of a head together (not with RoPE "
+        "or qk-norm; latency-guided plans refuse it)")
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler):
+        # Run dirs made before `qk_dims` existed keep their sparsify (and later) stage keys.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("qk_dims") == "full":
+            data.pop("qk_dims")
+        return data
 
 
 class PruneSection(Section):

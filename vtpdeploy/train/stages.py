@@ -54,7 +54,7 @@ def _stage_train(ctx: Context, key: str) -> dict:
 def _stage_sparsify(ctx: Context, key: str) -> dict:
     r = ctx.recipe
     model = load(ctx.path / "unpruned", ctx.dist.device).train()
-    add_gates(model)
+    add_gates(model, qk_dims=r.sparsify.qk_dims)
     history = None
     if r.sparsify.enabled and r.sparsify.epochs > 0:
         history = _fit(ctx, model, r.sparsify, key, "sparsify", 1, l1_lambda=r.sparsify.lam, train_gates=True,

@@ -62,7 +62,7 @@ def model_widths(model) -> dict[str, Any]:
     from ...prune.sites import read_dims
 
     dims = read_dims(model)
-    blocks = [{"name": f"blocks.{i}.attn", "num_heads": b.num_heads, "qk_head_dim": b.head_dim,
+    blocks = [{"name": f"blocks.{i}.attn", "num_heads": b.num_heads, "qk_head_dim": max(b.qk_dims),
                "v_head_dim": max(b.v_dims), **({"v_dims": b.v_dims} if b.compact else {})}
               for i, b in enumerate(dims.blocks) if "attn" not in b.removed_sublayers]  # removed: no attention
     linears = [{"name": name, "in": int(mod.in_features), "out": int(mod.out_features)}
