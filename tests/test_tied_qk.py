@@ -22,6 +22,7 @@ from vtpdeploy.prune.mac_target import MAC_TOLERANCE, compact_macs, plan_to_macs
 from vtpdeploy.prune.profiles import check_model, constraints_for
 from vtpdeploy.prune.sites import read_dims
 
+torch.set_num_threads(1)  # as test_families: tiny models, 2 shared cores
 SMALL = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 10}
 
 
