@@ -119,6 +119,24 @@ def _fc1_rows(mlp: nn.Module, k_h: torch.Tensor, k_in: torch.Tensor) -> tuple[to
     return torch.cat([w for w, _ in parts]), bias
 
 
+def _qkv_rows(attn: nn.Module, k_in: torch.Tensor, k_v: torch.Tensor,
+              live: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the compact qkv: the kept input columns (qkv_in gate folded); the live heads' Q/K rows, or
+    under tied Q/K the kept V dims' Q/K rows with the attn_v gate folded into Q; the kept V rows."""
+    qkv, hd = attn.qkv.linear, attn.head_dim
+    A = attn.num_heads * hd
+    tied = isinstance(attn.qkv, TiedQKGatedLinear)
+    qk_rows = k_v if tied else torch.cat(
+        [torch.arange(h * hd, (h + 1) * hd, device=k_v.device) for h in live] or [k_v.new_empty(0)])
+    rows = torch.cat([qk_rows, A + qk_rows, 2 * A + k_v])
+    weight = (qkv.weight[:, k_in] * attn.qkv.gate[k_in])[rows]
+    bias = qkv.bias[rows] if qkv.bias is not None else None
+    if tied:  # the attn_v gate scales the Q rows of its dims
+        q_gate = torch.cat([attn.proj.gate[k_v], weight.new_ones(2 * len(k_v))])
+        weight, bias = weight * q_gate[:, None], bias * q_gate if bias is not None else None
+    return weight, bias
+
+
 @torch.no_grad()
 def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
                          order: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -126,7 +144,6 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
     input dims are then gathered through `in_index`; with an order they are its first dims (a slice)."""
     attn, mlp = block.attn, block.mlp
     dim = attn.proj.linear.out_features
-    A = attn.num_heads * attn.head_dim
     device = attn.proj.linear.weight.device
 
     def kept(kind: str) -> torch.Tensor:
@@ -141,24 +158,13 @@ def _compact_block_state(block: nn.Module, plan: PrunePlan, b: int, prefix: str,
         return t if order is None else t.index_select(0, order.to(t.device))
 
     state: dict[str, torch.Tensor] = {}
-    # qkv: keep gated input columns (gate folded), the live heads' Q/K rows (tied: the kept V dims' Q/K rows,
-    # the attn_v gate folded into Q), kept V rows.
-    qkv = attn.qkv.linear
-    k_in, k_v, hd = inputs("qkv_in"), kept("attn_v"), attn.head_dim
-    live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
-    qk_rows = torch.cat([torch.arange(h * hd, (h + 1) * hd, device=device) for h in live] or [k_v.new_empty(0)])
-    tied = isinstance(attn.qkv, TiedQKGatedLinear)
-    rows = torch.cat([k_v, A + k_v, 2 * A + k_v] if tied else [qk_rows, A + qk_rows, 2 * A + k_v])
+    k_in, k_v = inputs("qkv_in"), kept("attn_v")
     if order is None:
         state[f"{prefix}attn.in_index"] = k_in.cpu()
-    weight = (qkv.weight[:, k_in] * attn.qkv.gate[k_in])[rows]
-    bias = qkv.bias[rows] if qkv.bias is not None else None
-    if tied:  # the attn_v gate scales the Q rows of its dims
-        q_gate = torch.cat([attn.proj.gate[k_v], weight.new_ones(2 * len(k_v))])
-        weight, bias = weight * q_gate[:, None], bias * q_gate if bias is not None else None
-    state[f"{prefix}attn.qkv.weight"] = weight
-    if bias is not None:
-        state[f"{prefix}attn.qkv.bias"] = bias
+    live = [h for h, n in enumerate(plan.v_dims_per_head(b)) if n]  # dead heads lose their Q/K rows too
+    state[f"{prefix}attn.qkv.weight"], qkv_bias = _qkv_rows(attn, k_in, k_v, live)
+    if qkv_bias is not None:
+        state[f"{prefix}attn.qkv.bias"] = qkv_bias
     # proj: kept V columns with the attn_v gate folded; LayerScale folded into rows.
     proj = attn.proj.linear
     g1 = _layer_scale(block, 1, dim, proj.weight)

@@ -14,6 +14,8 @@ and compact blocks (`CompactAttention` / `CompactMlp` keep the names `qkv`, `pro
 The same names hold in timm's Eva blocks (EVA-02, DINOv3, RoPE ViTs, Perception Encoder) once `families.prepare`
 has fused their separate q/k/v projections into one `attn.qkv`. A SwiGLU MLP reads its input with two Linears
 (`fc1_g`, `fc1_x`): the `mlp_in` site is `fc1_x`, and `fc1_g` shares its gate (`gates.SharedGateLinear`).
+Under the tied Q/K layout (`gates.add_gates(model, qk_dims="tied")`) the `attn_v` gate also scales the Q rows of the
+qkv output (same head, same dim): no new kind, the plan's attn_v dims are Q/K/V dims (`BlockDims.qk_dims`).
 A site behind a norm over its own features (attention scale-norm, the MLP inner norm) is gated after the norm
 and kept full by every plan (`full_sites`): removing a feature there would change the norm's statistics.
 
