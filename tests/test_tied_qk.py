@@ -190,3 +190,17 @@ def test_a_third_of_the_macs_is_reachable_with_tied_qk_and_full_inputs():
     assert abs(share - 1 / 3) <= MAC_TOLERANCE / 3 and p.thresholds["macs_share"] == round(share, 5)
     assert all(len(p.gate(b, k).kept) == 96 for b in range(6) for k in ("qkv_in", "mlp_in"))  # inputs full
     assert sum(len(g.kept) for g in p.gates if g.kind == "attn_v") < 6 * 96  # Q/K/V head dims pruned
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["prune.target_latency_ms=2"], ("sparsify.qk_dims tied", "target_latency_ms")),
+    (["model.name=eva02_tiny_patch14_224"], ("RoPE",)),
+])
+def test_pipeline_refuses_tied_qk_before_any_stage(tmp_path, sets, words):
+    from helpers import assert_one_line_error, run_cli_inprocess, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", {"sparsify.qk_dims": "tied"})
+    args = [a for s in sets for a in ("--set", s)]
+    proc = run_cli_inprocess("pipeline", recipe, "--out", tmp_path / "run", *args)
+    assert_one_line_error(proc, *words)
+    assert not (tmp_path / "run" / "unpruned.safetensors").exists()  # refused before training

@@ -3,8 +3,9 @@
 Users think in cost ("2x fewer MACs"), the threshold thinks in gated dims; width rounding and unequal MACs per dim
 (an MLP hidden unit costs 2 x embed MACs per token, a V dim less, a tied Q/K+V dim more) make the map between the two
 uneven. Bisection on the rate, counting each candidate's compact model, finds it; the plan records the share it
-reached. Where the rate's plans step over the 1 % window (coarse widths, e.g. 32 hidden units of a small model), a few
-greedy moves of one gate by one feasible width from the closest plan close the gap.
+reached. Where the rate's plans step over the 1 % window (coarse widths, e.g. 32 hidden units of a small model), up
+to three one-width moves of different gates from the closest plan close the gap (`_step_widths`). Candidates are
+counted on compact skeletons without weight init (`compact_macs`): the same count, a fraction of the time.
 """
 
 from __future__ import annotations
@@ -78,8 +79,6 @@ def plan_to_macs(model: nn.Module, keep: float, *, scope: Scope = "global", impo
         raise PlanError(f"no plan keeps {keep:.3f} of the MACs within 1 % under profile "
                         f"{p.constraints.profile!r}: closest is {share:.3f} (rate {p.rate:.3f})")
     return p.model_copy(update={"thresholds": {**p.thresholds, "macs_share": round(share, 5)}})
-
-
 
 
 def _one_width_moves(model: nn.Module, p: PrunePlan, scores, share: float, full: int, base: nn.Module) -> list[tuple]:

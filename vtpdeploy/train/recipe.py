@@ -14,6 +14,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from ..data import DataSection, quickstart_data
@@ -173,15 +174,22 @@ class Recipe(Section):
     export: _export_config() = Field(default_factory=_export_config())  # type: ignore[valid-type]
     output: OutputSection = Field(default_factory=OutputSection)
 
+    @model_validator(mode="after")
+    def _tied_qk_plans(self):
+        if self.sparsify.qk_dims == "tied" and self.prune.target_latency_ms is not None:
+            raise ValueError("sparsify.qk_dims tied cannot be planned by latency yet (prune.target_latency_ms: the "
+                             "latency tables time full Q/K heads); use prune.rate or prune.target_macs")
+        return self
+
 
 def _format_error(exc: ValidationError, origin: str) -> str:
     e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{loc}'{_did_you_mean(e['loc'])}; `vtpdeploy recipe` lists every key"
     msg = e["msg"].removeprefix("Value error, ")
     more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{origin}: {loc}: {msg}{more}"
+    return f"{origin}: {loc + ': ' if loc else ''}{msg}{more}"
 
 
 def _did_you_mean(loc: tuple) -> str:

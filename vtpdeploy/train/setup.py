@@ -9,7 +9,7 @@ from torch import nn
 from ..data import data_config_for, num_classes_of, validate_data
 from ..errors import CheckpointError, RecipeError
 from ..prune.arch import create_timm, describe
-from ..prune.gates import check_supported
+from ..prune.gates import check_supported, check_tied_qk
 from ..prune.saving import load_weights
 from .epoch_log import require_tensorboard
 from .checkpoints import seed_everything
@@ -22,6 +22,8 @@ def create_model(recipe: Recipe) -> nn.Module:
     seed_everything(recipe.seed)  # reproducible init, identical on every rank
     model = create_timm(m.name, m.kwargs, pretrained=m.pretrained)
     check_supported(model)
+    if recipe.sparsify.qk_dims == "tied":
+        check_tied_qk(model)  # refused before training, not at the sparsify stage
     cfg = data_config_for(model_data_config(model), recipe.data)
     model.pretrained_cfg = {**(model.pretrained_cfg or {}), **{k: cfg[k] for k in ("interpolation", "crop_pct", "mean", "std")}}
     if m.checkpoint is not None:
