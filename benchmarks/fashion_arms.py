@@ -200,8 +200,13 @@ def _gates_dir(study: Study, arm: Arm, seed: int) -> Path:
     return run_dir
 
 
+# The gate layout and lam of the paper-faithful arms, pinned so that every arm keeps its meaning (and its stage
+# keys) whatever recipes/fashion_mnist.yaml defaults to; an arm's own `gates` overrides come after and win.
+PAPER_GATES = ("sparsify.qk_dims=full", "sparsify.lam=0.0005")
+
+
 def _gate_sets(study: Study, arm: Arm, seed: int) -> tuple[str, ...]:
-    return (f"model.checkpoint={study.base / 'unpruned.safetensors'}", f"seed={seed}",
+    return (f"model.checkpoint={study.base / 'unpruned.safetensors'}", f"seed={seed}", *PAPER_GATES,
             *(() if arm.sparse else ("sparsify.enabled=false",)), *arm.gates)
 
 

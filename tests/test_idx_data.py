@@ -165,3 +165,15 @@ def test_target_macs_unset_keeps_existing_prune_stage_keys():
 
     assert "target_macs" not in section_json(load_recipe(None), "prune")
     assert '"target_macs": 0.5' in section_json(load_recipe(None, ["prune.target_macs=0.5"]), "prune")
+
+
+def test_kept_fashion_base_still_matches_the_recipe_so_the_frontier_does_not_retrain_it():
+    """benchmarks/fashion_base holds the 14-epoch base (about 45 min on 2 cores); a recipe or key change that
+    touches the train stage would make every frontier run train it again."""
+    from vtpdeploy.train.pipeline import _base_key, _key, compute_settings
+    from vtpdeploy.train.recipe import load_recipe, section_json
+
+    recipe = load_recipe(FASHION, ["threads=2"])
+    key = _key(_base_key(recipe), section_json(recipe, "train"), json.dumps({}), "train", compute_settings(recipe))
+    manifest = json.loads((ROOT / "benchmarks" / "fashion_base" / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["key"] == key
