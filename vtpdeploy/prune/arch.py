@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from .compat import omit_defaults
 from .sites import image_chans, read_dims, site, unwrap
 
 
@@ -26,10 +27,7 @@ class BlockWidths(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_full_qk(self, handler):
         # Models saved before qk_dims existed keep byte-identical architecture files.
-        data = handler(self)
-        if isinstance(data, dict) and data.get("qk_dims") is None:
-            data.pop("qk_dims", None)
-        return data
+        return omit_defaults(handler(self), {"qk_dims": None})
 
 
 class ArchSpec(BaseModel):
@@ -52,12 +50,7 @@ class ArchSpec(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_default_slices(self, handler):
         # Models saved before input_slices / qk_dims existed keep byte-identical architecture files.
-        data = handler(self)
-        if isinstance(data, dict) and not data.get("input_slices"):
-            data.pop("input_slices", None)
-        if isinstance(data, dict) and data.get("qk_dims") == "full":
-            data.pop("qk_dims", None)
-        return data
+        return omit_defaults(handler(self), {"input_slices": False, "qk_dims": "full"})
 
 
 def create_timm(name: str, kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..fileio import atomic_write_text
+from .compat import omit_defaults
 from .sites import GATE_KINDS, SITES, SUBLAYER_KINDS, site_sizes
 
 Scope = Literal["global", "per_kind", "per_layer"]
@@ -58,16 +59,8 @@ class WidthConstraints(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
         # Plans written before keep_full/granularity/shared_input_order/drop_sublayers existed stay byte-identical.
-        data = handler(self)
-        if isinstance(data, dict):
-            for flag in ("shared_input_order", "drop_sublayers"):
-                if not data.get(flag):
-                    data.pop(flag, None)
-            if not data.get("keep_full"):
-                data.pop("keep_full", None)
-            if data.get("granularity") == "dim":
-                data.pop("granularity", None)
-        return data
+        return omit_defaults(handler(self), {"shared_input_order": False, "drop_sublayers": False,
+                                             "keep_full": None, "granularity": "dim"})
 
     def min_for(self, kind: str) -> int:
         return max(1, self.min_width.get(kind, 1))

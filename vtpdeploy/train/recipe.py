@@ -20,6 +20,7 @@ from pydantic import (
 from ..data import DataSection, quickstart_data
 from ..errors import RecipeError
 from ..fileio import read_yaml
+from ..prune.compat import omit_defaults
 
 
 class Section(BaseModel):
@@ -75,10 +76,7 @@ class SparsifySection(OptimSection):
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
         # Run dirs made before `qk_dims` existed keep their sparsify (and later) stage keys.
-        data = handler(self)
-        if isinstance(data, dict) and data.get("qk_dims") == "full":
-            data.pop("qk_dims")
-        return data
+        return omit_defaults(handler(self), {"qk_dims": "full"})
 
 
 class PruneSection(Section):
@@ -110,15 +108,7 @@ class PruneSection(Section):
     @model_serializer(mode="wrap")
     def _omit_new_defaults(self, handler):
         # Run dirs made before `granularity` / `drop_sublayers` / `target_macs` existed keep their prune stage key.
-        data = handler(self)
-        if isinstance(data, dict):
-            if data.get("granularity") == "dim":
-                data.pop("granularity")
-            if not data.get("drop_sublayers"):
-                data.pop("drop_sublayers", None)
-            if data.get("target_macs") is None:
-                data.pop("target_macs", None)
-        return data
+        return omit_defaults(handler(self), {"granularity": "dim", "drop_sublayers": False, "target_macs": None})
 
     @field_validator("hardware")
     @classmethod

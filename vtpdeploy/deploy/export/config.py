@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from ...prune.compat import omit_defaults
 
 
 class ExportConfig(BaseModel):
@@ -56,10 +57,7 @@ class ExportConfig(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_unset_batch_range(self, handler):
         # Run dirs made before `batch_range` existed keep their export stage key.
-        data = handler(self)
-        if isinstance(data, dict) and data.get("batch_range") is None:
-            data.pop("batch_range", None)
-        return data
+        return omit_defaults(handler(self), {"batch_range": None})
 
     def engine_batch_range(self) -> tuple[int, int, int]:
         """(min, opt, max) batch of the TensorRT optimization profile when the batch is dynamic."""
