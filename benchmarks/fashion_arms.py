@@ -47,6 +47,7 @@ class Arm:
     tp_mode: str = ""
     gates: tuple[str, ...] = ()  # pipeline arms: --set overrides that change the gate layout (sparse training too)
     gates_tag: str = ""  # names the gates run dir of a non-default layout (gates/sparse-<tag>-s<seed>)
+    finetune: tuple[str, ...] = ()  # pipeline and tp arms: --set overrides of the finetune section
 
 
 ARMS = {a.method: a for a in (  # in the order a partial run finishes them: the key comparisons first
@@ -66,6 +67,17 @@ ARMS = {a.method: a for a in (  # in the order a partial run finishes them: the 
     # the paper's lam 1e-4 keeps the model nearer the base while still ranking the dims.
     Arm("vtp-sparse-qk-lam1e-4", "vtpdeploy", "pipeline", prune=("prune.hardware=cpu-nogather",),
         gates=("sparsify.qk_dims=tied", "sparsify.lam=0.0001"), gates_tag="qk-lam1e-4"),
+    # The same gates, and the trained gates may remove whole MLPs (the only cut that sheds a block's fixed cost):
+    # 3x then keeps wider attention and first/last MLPs and removes 3-4 middle MLPs outright.
+    Arm("vtp-sparse-qk-lam1e-4-drop", "vtpdeploy", "pipeline",
+        prune=("prune.hardware=cpu-nogather", "prune.drop_sublayers=true"),
+        gates=("sparsify.qk_dims=tied", "sparsify.lam=0.0001"), gates_tag="qk-lam1e-4"),
+    # Acting on the scratch arm (a dense 3x model trained 18 epochs beats every pruned one): fine-tuning with soft
+    # distillation from the unpruned base, for a vtpdeploy arm and its Torch-Pruning peer alike.
+    Arm("vtp-sparse-qk-lam1e-4-kd", "vtpdeploy", "pipeline", prune=("prune.hardware=cpu-nogather",),
+        gates=("sparsify.qk_dims=tied", "sparsify.lam=0.0001"), gates_tag="qk-lam1e-4",
+        finetune=("finetune.distill=soft",)),
+    Arm("tp-bottleneck-kd", "torch-pruning", "tp", tp_mode="bottleneck", finetune=("finetune.distill=soft",)),
 )}
 
 
@@ -203,6 +215,7 @@ def _gates_dir(study: Study, arm: Arm, seed: int) -> Path:
 # The gate layout and lam of the paper-faithful arms, pinned so that every arm keeps its meaning (and its stage
 # keys) whatever recipes/fashion_mnist.yaml defaults to; an arm's own `gates` overrides come after and win.
 PAPER_GATES = ("sparsify.qk_dims=full", "sparsify.lam=0.0005")
+PINNED_PRUNE = ("prune.drop_sublayers=false",)  # likewise: only the arms that ask for it remove whole sublayers
 
 
 def _gate_sets(study: Study, arm: Arm, seed: int) -> tuple[str, ...]:
@@ -219,7 +232,8 @@ def run_pipeline_arm(study: Study, arm: Arm, level: str, share: float, seed: int
     run_dir = arm_dir / "run"
     if not (run_dir / "manifest.json").is_file():
         shutil.copytree(gates, run_dir, ignore=shutil.ignore_patterns(".lock", "ckpt", "bench_cache"))
-    study.pipeline(run_dir, None, *_gate_sets(study, arm, seed), *arm.prune, f"prune.target_macs={share}")
+    study.pipeline(run_dir, None, *_gate_sets(study, arm, seed), *PINNED_PRUNE, *arm.prune,
+                   f"prune.target_macs={share}", *arm.finetune)
     report = json.loads((run_dir / "report.json").read_text())
     info = {"family": arm.family, "method": arm.method, "level": level, "seed": seed, "macs_share": share,
             "val_top1": report["accuracy"]["finetuned"], "val_top1_pruned": report["accuracy"]["pruned"],
@@ -227,14 +241,16 @@ def run_pipeline_arm(study: Study, arm: Arm, level: str, share: float, seed: int
     return finish_arm(study, arm_dir, vtpdeploy.load(run_dir / "model"), info)
 
 
-def _finetune(study: Study, model: torch.nn.Module, seed: int) -> float:
-    """The pipeline's finetune stage on a plain module: same section, loop, data order and seed; val top-1."""
+def _finetune(study: Study, model: torch.nn.Module, seed: int, sets: tuple[str, ...] = ()) -> float:
+    """The pipeline's finetune stage on a plain module: same section, loop, data order, seed and teacher (the
+    unpruned base, where `finetune.distill` asks for one); val top-1."""
     from vtpdeploy.data import ResumableSampler, build_dataset, make_loader, make_mixup, make_transform
     from vtpdeploy.train.checkpoints import seed_everything
     from vtpdeploy.train.loop import LoopSetup, evaluate, fit
 
-    r = study.recipe(f"seed={seed}")
+    r = study.recipe(f"seed={seed}", *sets)
     cfg, dc = r.data, data_config(study)
+    teacher = vtpdeploy.load(study.base / "unpruned").eval() if r.finetune.distill != "none" else None
     train_ds = build_dataset(cfg, "train", make_transform(dc, train=True, section=cfg))
 
     def loader(epoch: int, skip: int):
@@ -244,7 +260,8 @@ def _finetune(study: Study, model: torch.nn.Module, seed: int) -> float:
     seed_everything(r.seed)
     torch.set_num_threads(study.threads)
     fit(model.train(), loader, r.finetune, seed=r.seed + 2, stage_key=f"tp-finetune-{seed}",
-        setup=LoopSetup(clip_grad=r.finetune.clip_grad), mixup=make_mixup(cfg, 10, r.finetune.label_smoothing))
+        setup=LoopSetup(clip_grad=r.finetune.clip_grad, teacher=teacher, distill=r.finetune.distill,
+                        distill_alpha=r.finetune.distill_alpha, distill_tau=r.finetune.distill_tau), mixup=make_mixup(cfg, 10, r.finetune.label_smoothing))
     return round(evaluate(model, make_loader(build_dataset(cfg, "val", make_transform(dc)), cfg, shuffle=False)), 3)
 
 
@@ -263,7 +280,7 @@ def run_tp_arm(study: Study, arm: Arm, level: str, share: float, seed: int) -> d
     # ratio moves embed, head and MLP widths together and its MAC steps reach ~4 % here: matched within 1.5 %.
     model, info = tp_peer.prune_to_macs(r.model.name, target, arm.tp_mode, model_kwargs=dict(r.model.kwargs),
                                         weights=base.state_dict(), round_to=1, tol=TP_MAC_TOLERANCE)
-    val = _finetune(study, model, seed)
+    val = _finetune(study, model, seed, arm.finetune)
     return finish_arm(study, arm_dir, model, {"family": arm.family, "method": arm.method, "level": level,
                                               "seed": seed, "macs_share": share, "val_top1": val,
                                               "torch_pruning": {k: v for k, v in info.items() if k != "params"}})

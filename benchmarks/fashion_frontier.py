@@ -31,7 +31,8 @@ from results_page import RESULTS_DIR, markdown_table, write_page  # noqa: E402
 LEVELS = {"2x": 0.5, "3x": 1 / 3, "4x": 0.25}
 NOTES = Path(__file__).resolve().parent / "notes" / "fashion_mnist.md"  # the hand-written reading of the numbers
 SEEDED = ("vtp-sparse-cpu", "vtp-sparse-heads", "vtp-sparse-drop", "vtp-sparse-qk", "vtp-sparse-qk-lam1e-4",
-          "prune-only-l1", "tp-uniform", "tp-bottleneck")
+          "vtp-sparse-qk-lam1e-4-drop", "vtp-sparse-qk-lam1e-4-kd", "prune-only-l1", "tp-uniform", "tp-bottleneck",
+          "tp-bottleneck-kd")
 QUICK_SETS = ("data.limit=600", "train.epochs=1", "sparsify.epochs=1", "finetune.epochs=1", "log=[]")
 QUICK_METHODS = ("vtp-sparse-cpu", "prune-only-l1", "tp-uniform", "scratch")
 
@@ -168,13 +169,15 @@ def targets(rows: list[dict], base_train_s: float | None) -> list[dict]:
             peers = [r for r in lv if r["seed"] == seed and r["family"] == "torch-pruning"]
             if ours and peers:
                 o, p = max(ours, key=lambda r: r["val_top1"]), max(peers, key=lambda r: r["val_top1"])
+                ci = (o.get("vs_best_peer") or {}).get("ci95")
                 per_seed.append({"seed": seed, "ours": o["method"], "peer": p["method"],
-                                 "top1_gap": round(o["test_top1"] - p["test_top1"], 3),
+                                 "top1_gap": round(o["test_top1"] - p["test_top1"], 3), "top1_gap_ci95": ci,
                                  "b1_ratio": (round(p["ort_b1_ms"] / o["ort_b1_ms"], 3)
                                               if o.get("ort_b1_ms") and p.get("ort_b1_ms") else None)})
         if per_seed:
-            out.append({"target": f"{level}: best vtpdeploy arm >= best Torch-Pruning arm + 0.5 pt, every seed",
-                        "met": all(s["top1_gap"] >= 0.5 for s in per_seed), "value": per_seed})
+            out.append({"target": f"{level}: best vtpdeploy arm >= best Torch-Pruning arm + 0.5 pt, or >= 10 % faster "
+                                  "at ORT b1 at matched top-1 (paired CI of the gap reaches 0 or above), every seed",
+                        "met": all(beats_peer(s) for s in per_seed), "value": per_seed})
         pairs = [(a, b) for a in lv if a["method"] == "vtp-sparse-cpu"
                  for b in lv if b["method"] == "prune-only-l1" and b["seed"] == a["seed"]]
         if pairs:
@@ -184,18 +187,30 @@ def targets(rows: list[dict], base_train_s: float | None) -> list[dict]:
                                    "gap": round(a["test_top1"] - b["test_top1"], 3)} for a, b in pairs]})
         ours = [r for r in lv if r["family"] == "vtpdeploy"]
         scratch = [r for r in lv if r["family"] == "scratch"]
-        if ours and scratch:
-            best = max(ours, key=lambda r: r["val_top1"])
+        same_seed = [r for r in ours if scratch and r["seed"] == scratch[0]["seed"]]
+        if same_seed:  # the scratch model has one seed: compared with vtpdeploy's best arm (on val) of that seed
+            best = max(same_seed, key=lambda r: r["val_top1"])
+            ci = best.get("vs_scratch")
             out.append({"target": f"{level}: best vtpdeploy arm beats the dense model trained from scratch",
                         "met": best["test_top1"] > scratch[0]["test_top1"],
                         "value": f"{best['method']} s{best['seed']} {best['test_top1']:.2f} vs scratch "
-                                 f"{scratch[0]['test_top1']:.2f}"})
+                                 f"{scratch[0]['test_top1']:.2f}"
+                                 + (f" ({ci['diff']:+.2f} pt [{ci['ci95'][0]:+.2f}, {ci['ci95'][1]:+.2f}])"
+                                    if ci else "")})
         if level == "2x" and unpruned and ours:
             best = max(ours, key=lambda r: r["val_top1"])
             out.append({"target": "2x: best vtpdeploy arm within 1.0 pt of unpruned",
                         "met": unpruned["test_top1"] - best["test_top1"] <= 1.0,
                         "value": f"{best['method']} {best['test_top1']:.2f} vs {unpruned['test_top1']:.2f}"})
     return out
+
+
+def beats_peer(seed_row: dict) -> bool:
+    """The issue's bar against Torch-Pruning for one seed: +0.5 pt, or >= 10 % faster without a significant loss."""
+    if seed_row["top1_gap"] >= 0.5:
+        return True
+    ci, ratio = seed_row.get("top1_gap_ci95"), seed_row.get("b1_ratio")
+    return bool(ci and ratio and ratio >= 1.10 and ci[1] >= 0.0)
 
 
 def add_prune_only_cis(rows: list[dict], preds: dict, labels: np.ndarray) -> None:
@@ -207,6 +222,14 @@ def add_prune_only_cis(rows: list[dict], preds: dict, labels: np.ndarray) -> Non
                 a["vs_prune_only"] = fr.paired_diff_ci(preds[a["id"]], preds[b["id"]], labels)
 
 
+def add_scratch_cis(rows: list[dict], preds: dict, labels: np.ndarray) -> None:
+    """Each fp32 vtpdeploy row's paired CI vs the dense model trained from scratch at its level (seed 0)."""
+    scratch = {r["level"]: r for r in rows if r["family"] == "scratch" and r["seed"] == 0}
+    for a in rows:
+        if a["family"] == "vtpdeploy" and a["precision"] == "fp32" and a["level"] in scratch:
+            a["vs_scratch"] = fr.paired_diff_ci(preds[a["id"]], preds[scratch[a["level"]]["id"]], labels)
+
+
 def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: Path, command: str) -> Path:
     test = fa.test_set(study)
     labels = test.targets[test.indices].astype(np.int16)
@@ -214,6 +237,7 @@ def render(study: fa.Study, rows: list[dict], bench: dict | None, results_dir: P
     fr.attach_latency(rows, bench, study.out)
     fr.attach_cis(rows, preds, labels)
     add_prune_only_cis(rows, preds, labels)
+    add_scratch_cis(rows, preds, labels)
     summary = fr.summarise(rows)
     manifest = json.loads((study.base / "manifest.json").read_text())
     base_train_s = manifest["stages"].get("train", {}).get("duration_s")

@@ -39,6 +39,33 @@ def test_work_queue_runs_every_method_at_the_middle_level_first_and_scratch_once
     assert len(q) == len(set(q)) == 6 + 3
 
 
+
+@pytest.mark.parametrize("gap, ci, ratio, met", [
+    (0.5, [0.1, 0.9], 1.0, True),  # +0.5 pt at any speed
+    (0.49, [0.1, 0.9], 1.09, False),  # neither
+    (-0.04, [-0.38, 0.30], 1.10, True),  # 10 % faster, the gap not significant
+    (-0.30, [-0.60, -0.01], 1.50, False),  # faster but significantly worse: not "matched top-1"
+    (0.0, None, None, False),  # no CI or latency: not shown
+])
+def test_torch_pruning_bar_is_half_a_point_or_ten_percent_faster_at_matched_accuracy(gap, ci, ratio, met):
+    import fashion_frontier as ff
+
+    assert ff.beats_peer({"top1_gap": gap, "top1_gap_ci95": ci, "b1_ratio": ratio}) is met
+
+
+def test_readme_summary_picks_each_familys_best_on_val_among_its_most_seeded_arms():
+    def entry(family, method, seeds, val, level="3x"):
+        return {"family": family, "method": method, "precision": "fp32", "level": level, "seeds": seeds,
+                "val_top1_mean": val, "test_top1_mean": val - 0.5, "macs": 12e6, "ort_b1_ms": 0.7}
+
+    summary = [entry("unpruned", "unpruned", [0], 88.8, "1x"),
+               entry("vtpdeploy", "a", [0, 1, 2], 88.5), entry("vtpdeploy", "b", [0, 1, 2], 88.6),
+               entry("vtpdeploy", "probe", [0], 89.9), entry("vtpdeploy", "c", [0, 1, 2], 90.0, "2x"),
+               entry("torch-pruning", "tp", [0, 1, 2], 88.4), entry("scratch", "scratch", [0], 89.1)]
+    _, rows = fr.readme_summary(summary)
+    assert [r[0].split(" ")[0] for r in rows] == ["unpruned", "b", "tp", "scratch"]
+
+
 @pytest.mark.slow
 def test_quick_frontier_writes_rows_page_and_figure_and_resumes(tmp_path):
     out = tmp_path / "fq"

@@ -158,8 +158,9 @@ def test_qk_dims_default_keeps_the_stage_keys():
         return hashlib.sha256(section_json(recipe, section).encode()).hexdigest()[:16]
 
     # The Fashion-MNIST recipe now defaults to the frontier's winner; its paper-faithful arms pin the old settings
-    # (benchmarks/fashion_arms.PAPER_GATES and prune.hardware=cpu) and must keep their run dirs' keys.
-    paper = ["sparsify.qk_dims=full", "sparsify.lam=0.0005", "prune.hardware=cpu", "prune.target_macs=null"]
+    # (benchmarks/fashion_arms.PAPER_GATES, PINNED_PRUNE and prune.hardware=cpu) and must keep their run dirs' keys.
+    paper = ["sparsify.qk_dims=full", "sparsify.lam=0.0005", "prune.hardware=cpu", "prune.target_macs=null",
+             "prune.drop_sublayers=false"]
     quick, fashion = load_recipe(None), load_recipe("recipes/fashion_mnist.yaml", paper)
     # Recorded before qk_dims existed: existing run dirs (benchmarks/fashion_base included) keep their keys.
     assert digest(quick, "sparsify") == "0ff07f98315f0cbd" and digest(fashion, "sparsify") == "a2ef383dc05bb054"
