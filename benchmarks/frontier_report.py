@@ -92,10 +92,13 @@ def plot_frontier(summary: list[dict], path: Path) -> Path:
     for s in summary:
         if s["ort_b1_ms"] is not None and s["family"] != "unpruned":
             lines[s["method"] + ("" if s["precision"] == "fp32" else f" ({s['precision']})")].append(s)
-    for label, pts in sorted(lines.items()):
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle of 10 repeats on this many lines
+    markers = {"vtpdeploy": "o", "torch-pruning": "s", "prune-only": "v", "scratch": "D"}
+    for i, (label, pts) in enumerate(sorted(lines.items())):
         pts = sorted(pts, key=lambda s: s["ort_b1_ms"])
         style = "--" if "int8" in label else "-"
-        ax.plot([p["ort_b1_ms"] for p in pts], [p["test_top1_mean"] for p in pts], style, marker="o", label=label)
+        ax.plot([p["ort_b1_ms"] for p in pts], [p["test_top1_mean"] for p in pts], style, color=colors[i % 20],
+                marker=markers.get(pts[0]["family"], "o"), label=label)
         for p in pts:
             ax.vlines(p["ort_b1_ms"], p["test_top1_min"], p["test_top1_max"], alpha=0.4)
     for s in summary:
