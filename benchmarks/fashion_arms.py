@@ -246,7 +246,7 @@ def _finetune(study: Study, model: torch.nn.Module, seed: int, sets: tuple[str, 
     unpruned base, where `finetune.distill` asks for one); val top-1."""
     from vtpdeploy.data import ResumableSampler, build_dataset, make_loader, make_mixup, make_transform
     from vtpdeploy.train.checkpoints import seed_everything
-    from vtpdeploy.train.loop import LoopSetup, evaluate, fit
+    from vtpdeploy.train.loop import LoopSetup, distill_setup, evaluate, fit
 
     r = study.recipe(f"seed={seed}", *sets)
     cfg, dc = r.data, data_config(study)
@@ -260,8 +260,8 @@ def _finetune(study: Study, model: torch.nn.Module, seed: int, sets: tuple[str, 
     seed_everything(r.seed)
     torch.set_num_threads(study.threads)
     fit(model.train(), loader, r.finetune, seed=r.seed + 2, stage_key=f"tp-finetune-{seed}",
-        setup=LoopSetup(clip_grad=r.finetune.clip_grad, teacher=teacher, distill=r.finetune.distill,
-                        distill_alpha=r.finetune.distill_alpha, distill_tau=r.finetune.distill_tau), mixup=make_mixup(cfg, 10, r.finetune.label_smoothing))
+        setup=LoopSetup(clip_grad=r.finetune.clip_grad, **distill_setup(r.finetune, teacher)),
+        mixup=make_mixup(cfg, 10, r.finetune.label_smoothing))
     return round(evaluate(model, make_loader(build_dataset(cfg, "val", make_transform(dc)), cfg, shuffle=False)), 3)
 
 

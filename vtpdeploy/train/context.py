@@ -12,7 +12,7 @@ from ..data import ResumableSampler, build_dataset, make_loader, make_transform
 from ..prune.saving import save
 from .distributed import DistInfo
 from .events import EventLog
-from .loop import LoopSetup, evaluate
+from .loop import LoopSetup, distill_setup, evaluate
 from .recipe import Recipe
 from .rundir import RunDir
 from .setup import micro_batching
@@ -54,12 +54,9 @@ class Context:
         return make_loader(ds, cfg, shuffle=False, sampler=sampler, batch_size=micro)
 
     def setup(self, section, teacher: nn.Module | None = None) -> LoopSetup:
-        distill = getattr(section, "distill", "none")
         return LoopSetup(dist=self.dist, accum_steps=self.micro_batch()[1], amp=self.recipe.amp,
                          clip_grad=section.clip_grad, checkpoint_every_steps=section.checkpoint_every_steps,
-                         teacher=teacher if distill != "none" else None, distill=distill,
-                         distill_alpha=getattr(section, "distill_alpha", 0.5),
-                         distill_tau=getattr(section, "distill_tau", 1.0))
+                         **distill_setup(section, teacher))
 
     def save(self, model: nn.Module, path: Path) -> None:
         if self.is_main:

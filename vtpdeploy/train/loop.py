@@ -87,6 +87,13 @@ class LoopSetup:
     distill_tau: float = 1.0
 
 
+def distill_setup(section, teacher: nn.Module | None) -> dict:
+    """The LoopSetup fields of a recipe section's distillation (no teacher unless the section asks for one)."""
+    distill = getattr(section, "distill", "none")
+    return {"teacher": teacher if distill != "none" else None, "distill": distill,
+            "distill_alpha": getattr(section, "distill_alpha", 0.5), "distill_tau": getattr(section, "distill_tau", 1.0)}
+
+
 def _distill_loss(logits, teacher_logits, setup: LoopSetup):
     if setup.distill == "soft":
         t = setup.distill_tau
